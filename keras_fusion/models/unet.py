@@ -1,0 +1,177 @@
+"""The U-Net of Ronneberger et al. (2015), built with `CropAndConcat`."""
+
+import keras
+
+from keras_fusion.layers.crop_and_concat import CropAndConcat
+from keras_fusion.ops.shapes import standardize_data_format
+
+
+def unet_level_sizes(size, depth=4):
+    """Spatial sizes through a valid-convolution U-Net, level by level.
+
+    Each 3x3 valid convolution removes one pixel from each side (seed 002's
+    `(N - F + 2 * pad) / stride + 1` with `F=3`, `pad=0`), each level runs
+    two of them, a 2x2 max pooling halves the size and a 2x2 up-convolution
+    doubles it.
+
+    Example:
+
+    >>> from keras_fusion.models import unet_level_sizes
+    >>> sizes = unet_level_sizes(572)
+    >>> sizes["encoder"][0], sizes["bottleneck"], sizes["output"]
+    ((572, 568), (32, 28), 388)
+
+    Args:
+        size: the input's spatial size along one axis.
+        depth: the number of pooling steps.
+
+    Returns:
+        A dict with, per level, `"encoder"`: `(input size, size after the
+        two convolutions)`; `"bottleneck"`: the same at the bottom;
+        `"decoder"` (deepest first): `(size after up-convolution, size after
+        the two convolutions)`; `"crop"`: the size each skip connection is
+        cropped from and to; `"output"`: the output size.
+    """
+    encoder, crop, decoder = [], [], []
+    current = size
+    for _ in range(depth):
+        encoder.append((current, current - 4))
+        if current - 4 < 2:
+            break
+        current = (current - 4) // 2
+    bottleneck = (current, current - 4)
+    current -= 4
+    for level in reversed(encoder):
+        upsampled = current * 2
+        crop.append((level[1], upsampled))
+        decoder.append((upsampled, upsampled - 4))
+        current = upsampled - 4
+    return {
+        "encoder": encoder,
+        "bottleneck": bottleneck,
+        "decoder": decoder,
+        "crop": crop,
+        "output": current,
+    }
+
+
+def UNet(
+    input_shape=(572, 572, 1),
+    num_classes=2,
+    depth=4,
+    filters=64,
+    output_activation=None,
+    data_format=None,
+    name="unet",
+):
+    """The original U-Net with valid convolutions and cropped skips.
+
+    Each encoder level runs two 3x3 valid convolutions with ReLU and a 2x2
+    max pooling; each decoder level a 2x2 up-convolution, a `CropAndConcat`
+    of the encoder's feature map with the up-sampled one, and two 3x3 valid
+    convolutions; a 1x1 convolution maps to `num_classes`. With the paper's
+    572x572 input the output is 388x388 (see `unet_level_sizes`).
+
+    Example:
+
+    >>> from keras_fusion.models import UNet
+    >>> model = UNet(input_shape=(572, 572, 1), filters=4)
+    >>> model.output_shape
+    (None, 388, 388, 2)
+
+    Args:
+        input_shape: the input shape without the batch axis, channels where
+            `data_format` puts them; spatial sizes may be `None`.
+        num_classes: channels of the output.
+        depth: the number of pooling (and up-convolution) steps; 4 in the
+            paper.
+        filters: the first level's convolution width, doubled at each level
+            below it; 64 in the paper, smaller for fast experiments.
+        output_activation: the activation of the final 1x1 convolution;
+            `None` gives logits.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        name: the model's name.
+
+    Returns:
+        A `keras.Model`. Its layers are named `encoder{i}_conv{1,2}`,
+        `encoder{i}_pool`, `bottleneck_conv{1,2}`, `decoder{i}_upconv`,
+        `decoder{i}_crop_and_concat`, `decoder{i}_conv{1,2}` and
+        `output_conv`, with level `i = 0` the shallowest.
+    """
+    data_format = standardize_data_format(data_format)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(
+            f"`depth` should be a positive int. Received: depth={depth!r}"
+        )
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise ValueError(
+            f"`filters` should be a positive int. Received: filters={filters!r}"
+        )
+    if len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` should have 3 entries (two spatial sizes and the "
+            f"channels). Received: input_shape={input_shape!r}"
+        )
+    spatial = (
+        input_shape[1:]
+        if data_format == "channels_first"
+        else (input_shape[:2])
+    )
+    for size in spatial:
+        if size is None:
+            continue
+        sizes = unet_level_sizes(size, depth)
+        if len(sizes["encoder"]) < depth or sizes["output"] < 1:
+            raise ValueError(
+                f"`input_shape` is too small for a U-Net of depth {depth}: "
+                f"a spatial size of {size} shrinks below one pixel. "
+                f"Received: input_shape={input_shape!r}"
+            )
+
+    def conv(x, width, name):
+        return keras.layers.Conv2D(
+            width,
+            3,
+            padding="valid",
+            activation="relu",
+            kernel_initializer="he_normal",
+            data_format=data_format,
+            name=name,
+        )(x)
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    skips = []
+    for level in range(depth):
+        width = filters * 2**level
+        x = conv(x, width, f"encoder{level}_conv1")
+        x = conv(x, width, f"encoder{level}_conv2")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(
+            2, data_format=data_format, name=f"encoder{level}_pool"
+        )(x)
+    x = conv(x, filters * 2**depth, "bottleneck_conv1")
+    x = conv(x, filters * 2**depth, "bottleneck_conv2")
+    for level in reversed(range(depth)):
+        width = filters * 2**level
+        x = keras.layers.Conv2DTranspose(
+            width,
+            2,
+            strides=2,
+            data_format=data_format,
+            name=f"decoder{level}_upconv",
+        )(x)
+        x = CropAndConcat(
+            data_format=data_format, name=f"decoder{level}_crop_and_concat"
+        )([skips[level], x])
+        x = conv(x, width, f"decoder{level}_conv1")
+        x = conv(x, width, f"decoder{level}_conv2")
+    outputs = keras.layers.Conv2D(
+        num_classes,
+        1,
+        activation=output_activation,
+        data_format=data_format,
+        name="output_conv",
+    )(x)
+    return keras.Model(inputs, outputs, name=name)

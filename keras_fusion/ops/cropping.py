@@ -1,0 +1,310 @@
+"""Centre cropping of feature maps.
+
+The one place where keras_fusion computes crop offsets. For a spatial size
+`size` cropped to `target`, the difference `d = size - target` is removed as
+`d // 2` before and `d - d // 2` after: an odd difference drops the extra row
+at the end. This is the convention of `keras.layers.CenterCrop` and of
+`tf.image.resize_with_crop_or_pad`.
+
+The functions accept backend tensors (eager, inside a layer's `call`, inside
+`tf.function`) and symbolic `keras.KerasTensor`s (functional API). Sizes that
+are unknown until run time are read from the run-time shape.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_fusion.ops.shapes import check_fusion_input_shapes
+from keras_fusion.ops.shapes import smallest_spatial_shape
+from keras_fusion.ops.shapes import spatial_axes
+from keras_fusion.ops.shapes import standardize_data_format
+
+
+def center_crop_offsets(size, target):
+    """Amounts to remove before and after to centre-crop `size` to `target`.
+
+    Example:
+
+    >>> from keras_fusion.ops import center_crop_offsets
+    >>> center_crop_offsets(61, 52)
+    (4, 5)
+    >>> center_crop_offsets(64, 56)
+    (4, 4)
+
+    Args:
+        size: the current size, an int or a scalar integer tensor.
+        target: the size after cropping, an int or a scalar integer tensor.
+
+    Returns:
+        A tuple `(before, after)` with `before + target + after == size`.
+    """
+    if _is_static(size) and _is_static(target):
+        if not 0 <= target <= size:
+            raise ValueError(
+                "`target` should be between 0 and `size` to crop. "
+                f"Received: size={size}, target={target}"
+            )
+        size, target = int(size), int(target)
+    difference = size - target
+    before = difference // 2
+    return before, difference - before
+
+
+def center_crop(x, size, data_format=None):
+    """Centre-crop the spatial dimensions of a feature map to `size`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion.ops import center_crop
+    >>> x = np.arange(6 * 6).reshape((1, 6, 6, 1))
+    >>> y = center_crop(x, (3, 4))
+    >>> tuple(y.shape)
+    (1, 3, 4, 1)
+    >>> np.asarray(y)[0, :, :, 0]
+    array([[ 7,  8,  9, 10],
+           [13, 14, 15, 16],
+           [19, 20, 21, 22]])
+
+    Args:
+        x: a 3D, 4D or 5D feature map (batch, 1-3 spatial dimensions,
+            channels in the position `data_format` gives).
+        size: one target size per spatial dimension: an int, a scalar
+            integer tensor, or `None` to leave that dimension as it is.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+
+    Returns:
+        `x` with each spatial dimension cropped to `size` (offsets as in
+        `center_crop_offsets`).
+    """
+    data_format = standardize_data_format(data_format)
+    rank = _check_feature_map(x, "x")
+    size = _check_size(size, rank)
+    if isinstance(x, keras.KerasTensor):
+        return CenterCrop(size, data_format).symbolic_call(x)
+    return _center_crop(x, size, data_format)
+
+
+def center_crop_to(x, reference, data_format=None):
+    """Centre-crop `x` to the spatial size of `reference`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion.ops import center_crop_to
+    >>> skip = np.zeros((2, 64, 64, 8))
+    >>> upsampled = np.zeros((2, 56, 56, 16))
+    >>> tuple(center_crop_to(skip, upsampled).shape)
+    (2, 56, 56, 8)
+
+    Args:
+        x: the feature map to crop (rank 3, 4 or 5).
+        reference: a feature map of the same rank whose spatial size `x` is
+            cropped to; its channels and batch size are not used.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+
+    Returns:
+        `x` cropped to the spatial size of `reference`.
+    """
+    data_format = standardize_data_format(data_format)
+    rank = _check_feature_map(x, "x")
+    reference_rank = _check_feature_map(reference, "reference")
+    if reference_rank != rank:
+        raise ValueError(
+            "`x` and `reference` should have the same rank. Received: "
+            f"x.shape={tuple(x.shape)}, reference.shape="
+            f"{tuple(reference.shape)}"
+        )
+    if isinstance(x, keras.KerasTensor) or isinstance(
+        reference, keras.KerasTensor
+    ):
+        return CenterCropTo(data_format).symbolic_call(x, reference)
+    return _center_crop_to(x, reference, data_format)
+
+
+def crop_to_smallest(tensors, data_format=None):
+    """Centre-crop every feature map to the smallest size among them.
+
+    Each spatial dimension is cropped independently, to the smallest size
+    that dimension has in any of `tensors`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion.ops import crop_to_smallest
+    >>> a = np.zeros((1, 10, 7, 3))
+    >>> b = np.zeros((1, 8, 9, 5))
+    >>> [tuple(t.shape) for t in crop_to_smallest([a, b])]
+    [(1, 8, 7, 3), (1, 8, 7, 5)]
+
+    Args:
+        tensors: a list of 2 or more feature maps of the same rank (3, 4 or
+            5) and batch size.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+
+    Returns:
+        A list of the cropped feature maps, in the order given.
+    """
+    data_format = standardize_data_format(data_format)
+    if not isinstance(tensors, (list, tuple)):
+        raise ValueError(
+            "`tensors` should be a list of at least 2 feature maps. "
+            f"Received: tensors of type {type(tensors).__name__}"
+        )
+    check_fusion_input_shapes(
+        [tuple(t.shape) for t in tensors], data_format, "crop_to_smallest"
+    )
+    if any(isinstance(t, keras.KerasTensor) for t in tensors):
+        return CropToSmallest(data_format).symbolic_call(list(tensors))
+    return _crop_to_smallest(tensors, data_format)
+
+
+class CenterCrop(keras.Operation):
+    """The symbolic form of `center_crop`, for the functional API."""
+
+    def __init__(self, size, data_format):
+        super().__init__()
+        self.size = size
+        self.data_format = data_format
+
+    def call(self, x):
+        return _center_crop(x, self.size, self.data_format)
+
+    def compute_output_spec(self, x):
+        shape = list(x.shape)
+        axes = spatial_axes(len(shape), self.data_format)
+        for axis, target in zip(axes, self.size, strict=True):
+            if target is None:
+                continue
+            if shape[axis] is not None and target > shape[axis]:
+                _raise_crop_too_large(tuple(x.shape), self.size)
+            shape[axis] = target
+        return keras.KerasTensor(tuple(shape), dtype=x.dtype)
+
+
+class CenterCropTo(keras.Operation):
+    """The symbolic form of `center_crop_to`, for the functional API."""
+
+    def __init__(self, data_format):
+        super().__init__()
+        self.data_format = data_format
+
+    def call(self, x, reference):
+        return _center_crop_to(x, reference, self.data_format)
+
+    def compute_output_spec(self, x, reference):
+        shape = list(x.shape)
+        for axis in spatial_axes(len(shape), self.data_format):
+            target = reference.shape[axis]
+            if None not in (target, shape[axis]) and target > shape[axis]:
+                _raise_crop_too_large(tuple(x.shape), reference.shape)
+            shape[axis] = target
+        return keras.KerasTensor(tuple(shape), dtype=x.dtype)
+
+
+class CropToSmallest(keras.Operation):
+    """The symbolic form of `crop_to_smallest`, for the functional API."""
+
+    def __init__(self, data_format):
+        super().__init__()
+        self.data_format = data_format
+
+    def call(self, tensors):
+        return _crop_to_smallest(tensors, self.data_format)
+
+    def compute_output_spec(self, tensors):
+        shapes = [tuple(t.shape) for t in tensors]
+        smallest = smallest_spatial_shape(shapes, self.data_format)
+        axes = spatial_axes(len(shapes[0]), self.data_format)
+        outputs = []
+        for t in tensors:
+            shape = list(t.shape)
+            for axis, size in zip(axes, smallest, strict=True):
+                shape[axis] = size
+            outputs.append(keras.KerasTensor(tuple(shape), dtype=t.dtype))
+        return outputs
+
+
+def _center_crop(x, size, data_format):
+    shape = ops.shape(x)
+    axes = spatial_axes(len(shape), data_format)
+    index = [slice(None)] * len(shape)
+    for axis, target in zip(axes, size, strict=True):
+        if target is None:
+            continue
+        current = shape[axis]
+        if _is_static(current) and _is_static(target):
+            if target > current:
+                _raise_crop_too_large(tuple(shape), size)
+            if target == current:
+                continue
+        before, _ = center_crop_offsets(current, target)
+        index[axis] = slice(before, before + target)
+    return x[tuple(index)]
+
+
+def _center_crop_to(x, reference, data_format):
+    reference_shape = ops.shape(reference)
+    axes = spatial_axes(len(reference_shape), data_format)
+    return _center_crop(x, [reference_shape[a] for a in axes], data_format)
+
+
+def _crop_to_smallest(tensors, data_format):
+    shapes = [ops.shape(t) for t in tensors]
+    smallest = []
+    for axis in spatial_axes(len(shapes[0]), data_format):
+        sizes = [s[axis] for s in shapes]
+        if all(_is_static(s) for s in sizes):
+            smallest.append(min(sizes))
+            continue
+        # At least one size is only known at run time: take the minimum
+        # in the graph so the crop follows the actual input.
+        size = sizes[0]
+        for other in sizes[1:]:
+            size = ops.minimum(size, other)
+        smallest.append(size)
+    return [_center_crop(t, smallest, data_format) for t in tensors]
+
+
+def _is_static(value):
+    return isinstance(value, (int, np.integer))
+
+
+def _check_feature_map(x, name):
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) not in (3, 4, 5):
+        raise ValueError(
+            f"`{name}` should be a 1D, 2D or 3D feature map of rank 3, 4 or "
+            f"5 (batch, spatial dimensions, channels). Received: {name} with "
+            f"shape {None if shape is None else tuple(shape)}"
+        )
+    return len(shape)
+
+
+def _check_size(size, rank):
+    num_spatial = rank - 2
+    if not isinstance(size, (list, tuple)) or len(size) != num_spatial:
+        raise ValueError(
+            f"`size` should be a list of {num_spatial} sizes, one per "
+            f"spatial dimension of a rank-{rank} feature map. Received: "
+            f"size={size!r}"
+        )
+    for s in size:
+        if _is_static(s) and s < 0:
+            raise ValueError(
+                f"`size` should not contain negative sizes. Received: "
+                f"size={size!r}"
+            )
+    return tuple(int(s) if _is_static(s) else s for s in size)
+
+
+def _raise_crop_too_large(shape, size):
+    raise ValueError(
+        "Cannot centre-crop to a size larger than the input: `size` should "
+        "be at most the input's spatial size in every dimension. Received: "
+        f"input shape {tuple(shape)}, size={tuple(size)}"
+    )

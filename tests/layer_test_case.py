@@ -1,0 +1,274 @@
+"""The checks every keras_fusion layer goes through.
+
+Modelled on Keras's `run_layer_test` (keras/src/testing/test_case.py) and
+KerasHub's saving tests. `run_layer_test` builds the layer from its
+constructor arguments and checks, on random data:
+
+1. config: `get_config` -> `from_config` gives the same config (compared as
+   JSON), every constructor argument is in it under its own name, and
+   `keras.saving.serialize_keras_object` round-trips without
+   `custom_objects`;
+2. shapes: a symbolic call on `keras.Input` (static sizes, and `None`
+   spatial sizes) agrees with `compute_output_shape` and with the eager
+   output's shape;
+3. `.keras`: a model holding the layer, saved and loaded with
+   `keras.models.load_model` without `custom_objects`, gives identical
+   outputs;
+4. SavedModel: `model.export()` reloaded with `tf.saved_model.load` in a
+   separate Python process that never imports keras_fusion gives the same
+   outputs (atol 1e-6);
+5. training: one `fit` step runs and gives a finite loss; under
+   `mixed_float16` the output is float16, the variables stay float32, and a
+   `fit` step runs too;
+6. XLA: a model compiled with `jit_compile=True` gives the eager outputs.
+
+The models in 3, 4 and 6 take inputs with `None` spatial sizes, so the
+layer's run-time shape handling is what gets saved, exported and compiled.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+
+from keras_fusion.ops.shapes import spatial_axes
+
+# The process that reloads an export must not import keras_fusion: it proves
+# that the SavedModel serves on a machine that only has TensorFlow.
+_SERVE_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, inputs_path, outputs_path = sys.argv[1:4]
+    data = np.load(inputs_path)
+    inputs = [data[f"x{i}"] for i in range(len(data.files))]
+    loaded = tf.saved_model.load(export_dir)
+    outputs = loaded.serve(inputs if len(inputs) > 1 else inputs[0])
+    if "keras_fusion" in sys.modules:
+        sys.exit("keras_fusion was imported while serving the export")
+    np.save(outputs_path, np.asarray(outputs))
+    """
+)
+
+
+def make_inputs(input_shape, seed=0, dtype="float32"):
+    """Random inputs: one array, or a list for a list of shapes."""
+    rng = np.random.default_rng(seed)
+    if _is_multi(input_shape):
+        return [rng.standard_normal(s).astype(dtype) for s in input_shape]
+    return rng.standard_normal(input_shape).astype(dtype)
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_shape,
+    tmp_path,
+    *,
+    expected_output_shape=None,
+    run_export=True,
+    run_mixed_precision=True,
+    run_jit_compile=True,
+    atol=1e-6,
+):
+    """Run the shared layer checks; see the module docstring.
+
+    Args:
+        layer_cls: the layer class.
+        init_kwargs: constructor arguments.
+        input_shape: a full input shape (batch included), or a list of
+            them for a layer called on a list.
+        tmp_path: a directory for the saved files (pytest's `tmp_path`).
+        expected_output_shape: if given, the eager output shape.
+        run_export: run the SavedModel check (4).
+        run_mixed_precision: run the `mixed_float16` check (5).
+        run_jit_compile: run the XLA check (6).
+        atol: tolerance of the export and XLA comparisons.
+    """
+    keras.utils.set_random_seed(0)
+    layer = layer_cls(**init_kwargs)
+    _check_config(layer_cls, layer, init_kwargs)
+
+    data = make_inputs(input_shape)
+    eager_output = np.asarray(layer(data))
+    if expected_output_shape is not None:
+        assert eager_output.shape == tuple(expected_output_shape)
+    data_format = getattr(layer, "data_format", "channels_last")
+    _check_shapes(layer_cls, init_kwargs, input_shape, data_format, layer)
+
+    model = _functional_model(
+        layer_cls(**init_kwargs), _dynamic_shapes(input_shape, data_format)
+    )
+    reference = np.asarray(model(data, training=False))
+
+    _check_keras_file(model, data, reference, tmp_path)
+    if run_export:
+        _check_export(model, data, reference, tmp_path, atol)
+    _check_fit(model, data, reference)
+    if run_mixed_precision:
+        _check_mixed_precision(layer_cls, init_kwargs, input_shape, data)
+    if run_jit_compile:
+        _check_jit_compile(
+            layer_cls, init_kwargs, input_shape, data_format, data, atol
+        )
+
+
+def _is_multi(input_shape):
+    return isinstance(input_shape[0], (list, tuple))
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _symbolic_inputs(shapes):
+    inputs = [keras.Input(shape=tuple(s[1:])) for s in _as_shape_list(shapes)]
+    return inputs if _is_multi(shapes) else inputs[0]
+
+
+def _as_shape_list(input_shape):
+    return list(input_shape) if _is_multi(input_shape) else [input_shape]
+
+
+def _dynamic_shapes(input_shape, data_format):
+    """The shapes with batch and spatial sizes set to `None`."""
+    out = []
+    for shape in _as_shape_list(input_shape):
+        shape = list(shape)
+        shape[0] = None
+        for axis in spatial_axes(len(shape), data_format):
+            shape[axis] = None
+        out.append(tuple(shape))
+    return out if _is_multi(input_shape) else out[0]
+
+
+def _with_batch(input_shape, batch):
+    shapes = [(batch, *s[1:]) for s in _as_shape_list(input_shape)]
+    return shapes if _is_multi(input_shape) else shapes[0]
+
+
+def _functional_model(layer, shapes):
+    inputs = _symbolic_inputs(shapes)
+    return keras.Model(inputs, layer(inputs))
+
+
+def _check_config(layer_cls, layer, init_kwargs):
+    config = layer.get_config()
+    for name, value in init_kwargs.items():
+        assert name in config, f"constructor argument {name!r} not in config"
+        if name != "dtype":
+            assert _json(config[name]) == _json(value), (
+                f"config[{name!r}]={config[name]!r}, constructed with {value!r}"
+            )
+    revived = layer_cls.from_config(config)
+    assert _json(revived.get_config()) == _json(config)
+
+    serialized = keras.saving.serialize_keras_object(layer)
+    json.dumps(serialized)
+    deserialized = keras.saving.deserialize_keras_object(serialized)
+    assert type(deserialized) is layer_cls
+    assert _json(deserialized.get_config()) == _json(config)
+
+
+def _json(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _check_shapes(layer_cls, init_kwargs, input_shape, data_format, layer):
+    eager_shape = tuple(layer(make_inputs(input_shape)).shape)
+    concrete = layer.compute_output_shape(input_shape)
+    assert tuple(concrete) == eager_shape
+
+    for shapes in (
+        _with_batch(input_shape, None),
+        _dynamic_shapes(input_shape, data_format),
+    ):
+        symbolic_layer = layer_cls(**init_kwargs)
+        outputs = symbolic_layer(_symbolic_inputs(shapes))
+        expected = symbolic_layer.compute_output_shape(shapes)
+        assert tuple(outputs.shape) == tuple(expected), (
+            f"symbolic output shape {outputs.shape} != compute_output_shape "
+            f"{expected} for input shapes {shapes}"
+        )
+        for symbolic, actual in zip(outputs.shape, eager_shape, strict=True):
+            assert symbolic is None or symbolic == actual, (
+                f"symbolic output shape {outputs.shape} does not match the "
+                f"eager output shape {eager_shape}"
+            )
+
+
+def _check_keras_file(model, data, reference, tmp_path):
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(
+        np.asarray(loaded(data, training=False)), reference
+    )
+
+
+def _check_export(model, data, reference, tmp_path, atol):
+    export_dir = os.path.join(tmp_path, "export")
+    inputs_path = os.path.join(tmp_path, "inputs.npz")
+    outputs_path = os.path.join(tmp_path, "outputs.npy")
+    model.export(export_dir, verbose=False)
+    np.savez(inputs_path, **{f"x{i}": x for i, x in enumerate(_as_list(data))})
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _SERVE_SCRIPT, export_dir]
+        + [inputs_path, outputs_path],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(
+        np.load(outputs_path), reference, rtol=0, atol=atol
+    )
+
+
+def _fit_one_step(model, data, target):
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(data, target, batch_size=len(target), verbose=0)
+    loss = history.history["loss"][-1]
+    assert np.isfinite(loss), f"fit step gave a non-finite loss {loss}"
+
+
+def _check_fit(model, data, reference):
+    target = np.random.default_rng(1).standard_normal(reference.shape)
+    _fit_one_step(model, data, target.astype("float32"))
+
+
+def _check_mixed_precision(layer_cls, init_kwargs, input_shape, data):
+    kwargs = {**init_kwargs, "dtype": "mixed_float16"}
+    layer = layer_cls(**kwargs)
+    output = layer(data)
+    assert keras.backend.standardize_dtype(output.dtype) == "float16"
+    for variable in layer.variables:
+        assert variable.dtype == "float32", (
+            f"variable {variable.path} is {variable.dtype} under "
+            "mixed_float16, expected float32"
+        )
+    model = _functional_model(
+        layer_cls(**kwargs), _with_batch(input_shape, None)
+    )
+    target = np.zeros(output.shape, dtype="float32")
+    _fit_one_step(model, data, target)
+
+
+def _check_jit_compile(
+    layer_cls, init_kwargs, input_shape, data_format, data, atol
+):
+    model = _functional_model(
+        layer_cls(**init_kwargs), _dynamic_shapes(input_shape, data_format)
+    )
+    eager = np.asarray(model(data, training=False))
+    model.compile(jit_compile=True)
+    compiled = model.predict_on_batch(data)
+    np.testing.assert_allclose(compiled, eager, rtol=0, atol=atol)
