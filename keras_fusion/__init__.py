@@ -3,11 +3,13 @@ add/concat fusion and memory-efficient DenseNet blocks."""
 
 from keras_fusion import ops
 from keras_fusion.layers import CropAndConcat
+from keras_fusion.layers import FusionSelector
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CropAndConcat",
+    "FusionSelector",
     "ops",
     "__version__",
 ]

@@ -3,6 +3,7 @@
 import keras
 
 from keras_fusion.layers.crop_and_concat import CropAndConcat
+from keras_fusion.ops.shapes import check_positive_int
 from keras_fusion.ops.shapes import standardize_data_format
 
 
@@ -100,14 +101,8 @@ def UNet(
         `output_conv`, with level `i = 0` the shallowest.
     """
     data_format = standardize_data_format(data_format)
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(
-            f"`depth` should be a positive int. Received: depth={depth!r}"
-        )
-    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-        raise ValueError(
-            f"`filters` should be a positive int. Received: filters={filters!r}"
-        )
+    check_positive_int(depth, "depth")
+    check_positive_int(filters, "filters")
     if len(input_shape) != 3:
         raise ValueError(
             "`input_shape` should have 3 entries (two spatial sizes and the "

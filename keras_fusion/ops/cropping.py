@@ -12,10 +12,12 @@ are unknown until run time are read from the run-time shape.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
+from keras_fusion.ops.shapes import check_feature_map
 from keras_fusion.ops.shapes import check_fusion_input_shapes
+from keras_fusion.ops.shapes import check_spatial_size
+from keras_fusion.ops.shapes import is_static_size
 from keras_fusion.ops.shapes import smallest_spatial_shape
 from keras_fusion.ops.shapes import spatial_axes
 from keras_fusion.ops.shapes import standardize_data_format
@@ -39,7 +41,7 @@ def center_crop_offsets(size, target):
     Returns:
         A tuple `(before, after)` with `before + target + after == size`.
     """
-    if _is_static(size) and _is_static(target):
+    if is_static_size(size) and is_static_size(target):
         if not 0 <= target <= size:
             raise ValueError(
                 "`target` should be between 0 and `size` to crop. "
@@ -80,8 +82,8 @@ def center_crop(x, size, data_format=None):
         `center_crop_offsets`).
     """
     data_format = standardize_data_format(data_format)
-    rank = _check_feature_map(x, "x")
-    size = _check_size(size, rank)
+    rank = check_feature_map(x, "x")
+    size = check_spatial_size(size, rank)
     if isinstance(x, keras.KerasTensor):
         return CenterCrop(size, data_format).symbolic_call(x)
     return _center_crop(x, size, data_format)
@@ -110,8 +112,8 @@ def center_crop_to(x, reference, data_format=None):
         `x` cropped to the spatial size of `reference`.
     """
     data_format = standardize_data_format(data_format)
-    rank = _check_feature_map(x, "x")
-    reference_rank = _check_feature_map(reference, "reference")
+    rank = check_feature_map(x, "x")
+    reference_rank = check_feature_map(reference, "reference")
     if reference_rank != rank:
         raise ValueError(
             "`x` and `reference` should have the same rank. Received: "
@@ -237,7 +239,7 @@ def _center_crop(x, size, data_format):
         if target is None:
             continue
         current = shape[axis]
-        if _is_static(current) and _is_static(target):
+        if is_static_size(current) and is_static_size(target):
             if target > current:
                 _raise_crop_too_large(tuple(shape), size)
             if target == current:
@@ -258,7 +260,7 @@ def _crop_to_smallest(tensors, data_format):
     smallest = []
     for axis in spatial_axes(len(shapes[0]), data_format):
         sizes = [s[axis] for s in shapes]
-        if all(_is_static(s) for s in sizes):
+        if all(is_static_size(s) for s in sizes):
             smallest.append(min(sizes))
             continue
         # At least one size is only known at run time: take the minimum
@@ -268,38 +270,6 @@ def _crop_to_smallest(tensors, data_format):
             size = ops.minimum(size, other)
         smallest.append(size)
     return [_center_crop(t, smallest, data_format) for t in tensors]
-
-
-def _is_static(value):
-    return isinstance(value, (int, np.integer))
-
-
-def _check_feature_map(x, name):
-    shape = getattr(x, "shape", None)
-    if shape is None or len(shape) not in (3, 4, 5):
-        raise ValueError(
-            f"`{name}` should be a 1D, 2D or 3D feature map of rank 3, 4 or "
-            f"5 (batch, spatial dimensions, channels). Received: {name} with "
-            f"shape {None if shape is None else tuple(shape)}"
-        )
-    return len(shape)
-
-
-def _check_size(size, rank):
-    num_spatial = rank - 2
-    if not isinstance(size, (list, tuple)) or len(size) != num_spatial:
-        raise ValueError(
-            f"`size` should be a list of {num_spatial} sizes, one per "
-            f"spatial dimension of a rank-{rank} feature map. Received: "
-            f"size={size!r}"
-        )
-    for s in size:
-        if _is_static(s) and s < 0:
-            raise ValueError(
-                f"`size` should not contain negative sizes. Received: "
-                f"size={size!r}"
-            )
-    return tuple(int(s) if _is_static(s) else s for s in size)
 
 
 def _raise_crop_too_large(shape, size):

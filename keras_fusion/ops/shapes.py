@@ -1,11 +1,13 @@
-"""Argument and shape checks shared by the fusion layers.
+"""Argument and shape checks shared by the fusion layers and ops.
 
 Every function here works on static shapes (tuples whose entries are ints or
 `None`), so the same check runs in `build()`/`compute_output_shape()` on the
-symbolic shapes and again in `call()` on the shapes known at run time.
+symbolic shapes and again in `call()` on the shapes known at run time. Sizes
+that are tensors (known only at run time) are passed through unchecked.
 """
 
 import keras
+import numpy as np
 
 _DATA_FORMATS = ("channels_last", "channels_first")
 _SPATIAL_RANKS = {3: "1D", 4: "2D", 5: "3D"}
@@ -38,6 +40,15 @@ def spatial_axes(rank, data_format):
     if data_format == "channels_first":
         return tuple(range(2, rank))
     return tuple(range(1, rank - 1))
+
+
+def check_positive_int(value, name):
+    """Check that a constructor argument is a positive int (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` should be a positive int. Received: {name}={value!r}"
+        )
+    return value
 
 
 def validate_axis_argument(axis):
@@ -80,6 +91,30 @@ def resolve_channel_axis(axis, rank, data_format):
             f"Received: axis={axis}"
         )
     return expected
+
+
+def check_feature_map_shape(input_shape, data_format, layer_name):
+    """Check the shape of a layer's single feature-map input.
+
+    It must be 1D, 2D or 3D (rank 3, 4 or 5) with a known channel count.
+
+    Returns:
+        `(rank, channel_axis, channels)`.
+    """
+    rank = len(input_shape)
+    if rank not in _SPATIAL_RANKS:
+        raise ValueError(
+            f"`{layer_name}` expects a 1D, 2D or 3D feature map of rank 3, 4 "
+            "or 5 (batch, spatial dimensions, channels). Received: "
+            f"input_shape={tuple(input_shape)}"
+        )
+    axis = channel_axis(rank, data_format)
+    if input_shape[axis] is None:
+        raise ValueError(
+            f"The channel dimension of the input to `{layer_name}` should be "
+            f"known. Received: input_shape={tuple(input_shape)}"
+        )
+    return rank, axis, input_shape[axis]
 
 
 def check_fusion_input_shapes(input_shapes, data_format, layer_name):
@@ -143,9 +178,109 @@ def smallest_spatial_shape(input_shapes, data_format):
 
     An axis whose size is unknown (`None`) in any input gives `None`.
     """
+    return _reduce_spatial_shape(input_shapes, data_format, min)
+
+
+def largest_spatial_shape(input_shapes, data_format):
+    """Per spatial axis, the largest size among `input_shapes`.
+
+    An axis whose size is unknown (`None`) in any input gives `None`.
+    """
+    return _reduce_spatial_shape(input_shapes, data_format, max)
+
+
+def common_spatial_shape(input_shapes, data_format, layer_name, remedy):
+    """Check that the inputs' spatial sizes agree and return them.
+
+    Sizes are compared where known; per spatial axis, the result is the size
+    that any input knows, or `None` where none does.
+
+    Args:
+        input_shapes: a list of shapes of the same rank.
+        data_format: `"channels_last"` or `"channels_first"`.
+        layer_name: the name used in error messages.
+        remedy: what to do about different sizes, for the error message.
+    """
+    rank = len(input_shapes[0])
+    sizes = []
+    for axis in spatial_axes(rank, data_format):
+        known = {s[axis] for s in input_shapes if s[axis] is not None}
+        if len(known) > 1:
+            raise ValueError(
+                f"All inputs to `{layer_name}` should have the same spatial "
+                f"size; {remedy}. Received: inputs with shapes "
+                f"{[tuple(s) for s in input_shapes]}"
+            )
+        sizes.append(known.pop() if known else None)
+    return tuple(sizes)
+
+
+def common_channel_count(input_shapes, axis, layer_name, remedy):
+    """Check that the inputs' channel counts agree and return the count.
+
+    Counts are compared where known; the result is `None` if no input
+    knows its count.
+
+    Args:
+        input_shapes: a list of shapes of the same rank.
+        axis: the (non-negative) channel axis.
+        layer_name: the name used in error messages.
+        remedy: what to do about different counts, for the error message.
+    """
+    channels = [s[axis] for s in input_shapes]
+    known = {c for c in channels if c is not None}
+    if len(known) > 1:
+        raise ValueError(
+            f"All inputs to `{layer_name}` should have the same number of "
+            f"channels (axis {axis}); {remedy}. Received: channels "
+            f"{channels} in shapes {[tuple(s) for s in input_shapes]}"
+        )
+    return known.pop() if known else None
+
+
+def is_static_size(value):
+    """Whether a size is a Python or NumPy int (known before run time)."""
+    return isinstance(value, (int, np.integer))
+
+
+def check_feature_map(x, name):
+    """Check that `x` is a 1D, 2D or 3D feature map and return its rank."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) not in _SPATIAL_RANKS:
+        raise ValueError(
+            f"`{name}` should be a 1D, 2D or 3D feature map of rank 3, 4 or "
+            f"5 (batch, spatial dimensions, channels). Received: {name} with "
+            f"shape {None if shape is None else tuple(shape)}"
+        )
+    return len(shape)
+
+
+def check_spatial_size(size, rank):
+    """Check a `size` argument: one size per spatial dimension.
+
+    Entries may be ints, scalar integer tensors or `None`. Returns the sizes
+    as a tuple, with the static ones as Python ints.
+    """
+    num_spatial = rank - 2
+    if not isinstance(size, (list, tuple)) or len(size) != num_spatial:
+        raise ValueError(
+            f"`size` should be a list of {num_spatial} sizes, one per "
+            f"spatial dimension of a rank-{rank} feature map. Received: "
+            f"size={size!r}"
+        )
+    for s in size:
+        if is_static_size(s) and s < 0:
+            raise ValueError(
+                f"`size` should not contain negative sizes. Received: "
+                f"size={size!r}"
+            )
+    return tuple(int(s) if is_static_size(s) else s for s in size)
+
+
+def _reduce_spatial_shape(input_shapes, data_format, reduce):
     rank = len(input_shapes[0])
     sizes = []
     for axis in spatial_axes(rank, data_format):
         axis_sizes = [s[axis] for s in input_shapes]
-        sizes.append(None if None in axis_sizes else min(axis_sizes))
+        sizes.append(None if None in axis_sizes else reduce(axis_sizes))
     return tuple(sizes)

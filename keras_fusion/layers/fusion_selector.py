@@ -1,0 +1,418 @@
+import numbers
+
+import keras
+from keras import ops
+
+from keras_fusion.ops.cropping import crop_to_smallest
+from keras_fusion.ops.padding import pad_to_largest
+from keras_fusion.ops.shapes import check_fusion_input_shapes
+from keras_fusion.ops.shapes import common_channel_count
+from keras_fusion.ops.shapes import common_spatial_shape
+from keras_fusion.ops.shapes import largest_spatial_shape
+from keras_fusion.ops.shapes import resolve_channel_axis
+from keras_fusion.ops.shapes import smallest_spatial_shape
+from keras_fusion.ops.shapes import spatial_axes
+from keras_fusion.ops.shapes import standardize_data_format
+from keras_fusion.ops.shapes import validate_axis_argument
+
+_MODES = ("add", "concat", "weighted_add")
+_ALIGNS = (None, "crop", "pad")
+_CONVOLUTIONS = {
+    3: keras.layers.Conv1D,
+    4: keras.layers.Conv2D,
+    5: keras.layers.Conv3D,
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class FusionSelector(keras.layers.Layer):
+    """Fuses feature maps by addition, concatenation or weighted addition.
+
+    One layer for the choice every multi-branch network makes when two
+    feature maps meet: element-wise addition (ResNet, FPN) or channel
+    concatenation (DenseNet, U-Net), so that an ablation such as
+    Feature-Fused SSD's (Cao et al., 2017, "Feature-Fused SSD: Fast
+    Detection for Small Objects": concatenation module vs element-sum
+    module) changes one argument, in code or in a saved model's config.
+
+    The trade-off, after the article
+    "深度特征融合---理解add和concat之多层特征融合" (2023): addition
+    followed by a convolution equals concatenation followed by a
+    convolution whose kernel is shared by the inputs (the add-conv's kernel
+    repeated once per input), so `"add"` assumes that corresponding
+    channels of the inputs mean the same thing, and costs `1 / N` of the
+    parameters and multiply-adds of the convolution after `"concat"` for
+    `N` inputs. The article also reports
+    that concatenation works better when each input is batch-normalized
+    before it is concatenated (`bn_before_concat=True`), since the inputs
+    come from layers whose activations have different scales.
+
+    Modes:
+
+    - `"concat"`: concatenation on the channel axis. With
+      `bn_before_concat=True` each input first goes through its own
+      `BatchNormalization` (sublayers `bn_0`, `bn_1`, ..., each with its own
+      gamma, beta and moving statistics), in training and inference alike.
+    - `"add"`: element-wise sum, like `keras.layers.Add`.
+    - `"weighted_add"`: the fast normalized fusion of EfficientDet's BiFPN
+      (Tan et al., 2020, "EfficientDet: Scalable and Efficient Object
+      Detection"): `sum(relu(w_i) * x_i) / (sum(relu(w_i)) + epsilon)` with
+      one learnable weight per input, or one per input and channel with
+      `weight_per_channel=True`, initialised to 1 (a plain average).
+
+    Inputs are processed in a fixed order: each input goes through its own
+    sublayer (batch normalization or projection), then the inputs are
+    aligned, then fused. Projecting before padding keeps the padded border
+    at exactly zero.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion import FusionSelector
+    >>> a = np.ones((2, 8, 8, 16), dtype="float32")
+    >>> b = np.ones((2, 8, 8, 16), dtype="float32")
+    >>> tuple(FusionSelector(mode="add")([a, b]).shape)
+    (2, 8, 8, 16)
+    >>> tuple(FusionSelector(mode="concat")([a, b]).shape)
+    (2, 8, 8, 32)
+
+    Switching the fusion of a saved layer is a config edit:
+
+    >>> config = FusionSelector(mode="add").get_config()
+    >>> config["mode"] = "concat"
+    >>> config["bn_before_concat"] = True
+    >>> tuple(FusionSelector.from_config(config)([a, b]).shape)
+    (2, 8, 8, 32)
+
+    An FPN-style merge of a lateral feature map with an upsampled top-down
+    one of fewer channels and a different size:
+
+    >>> import keras
+    >>> lateral = keras.Input((33, 33, 256))
+    >>> top_down = keras.Input((34, 34, 64))
+    >>> fuse = FusionSelector("weighted_add", align="crop", projection=64)
+    >>> fuse([lateral, top_down]).shape
+    (None, 33, 33, 64)
+
+    Args:
+        mode: `"concat"` (default), `"add"` or `"weighted_add"`.
+        bn_before_concat: with `mode="concat"`, pass each input through its
+            own `BatchNormalization` before concatenating. Defaults to
+            `False`.
+        align: what to do with inputs whose spatial sizes differ: `None`
+            (default) raises an error; `"crop"` centre-crops every input to
+            the smallest size, as `CropAndConcat` does; `"pad"` zero-pads
+            every input to the largest size. Each spatial dimension is
+            aligned independently; a difference `d` is split `d // 2`
+            before and `d - d // 2` after.
+        projection: with `mode="add"` or `"weighted_add"`, `None` (default)
+            or a positive int: the common channel count. Each input whose
+            channel count differs from `projection` goes through its own
+            1x1 convolution with `projection` filters and a bias (the
+            lateral connection of Lin et al., 2017, "Feature Pyramid
+            Networks for Object Detection"; sublayer `projection_<i>` for
+            input `i`); inputs that already have `projection` channels pass
+            through unchanged. Not accepted with `mode="concat"`, which
+            takes any channel counts.
+        weight_per_channel: with `mode="weighted_add"`, learn one weight per
+            input and channel instead of one per input. Defaults to
+            `False`.
+        epsilon: with `mode="weighted_add"`, the constant added to the sum
+            of the weights (BiFPN's value, `1e-4`, by default).
+        momentum: the momentum of the `BatchNormalization` sublayers.
+            Defaults to `0.99`.
+        bn_epsilon: the epsilon of the `BatchNormalization` sublayers.
+            Defaults to `1e-3`.
+        kernel_initializer: the initializer of the projection kernels.
+            Defaults to `"glorot_uniform"`.
+        kernel_regularizer: the regularizer of the projection kernels.
+            Defaults to `None`.
+        axis: the channel axis, on which inputs are concatenated and
+            normalized: `-1` (or `rank - 1`) for `"channels_last"`, `1` for
+            `"channels_first"`. Defaults to `None`, the channel axis of
+            `data_format`.
+        data_format: `"channels_last"` or `"channels_first"`, the ordering
+            of the dimensions in the inputs. Defaults to
+            `keras.config.image_data_format()`.
+        **kwargs: base layer keyword arguments, such as `name` and `dtype`.
+
+    Input shape:
+        A list of 2 or more tensors of the same rank: 3D
+        `(batch, length, channels)`, 4D `(batch, height, width, channels)`
+        or 5D `(batch, depth, height, width, channels)` with
+        `"channels_last"`; the channel axis comes right after the batch axis
+        with `"channels_first"`. Batch sizes must agree; spatial sizes must
+        agree unless `align` is set; with `"add"` and `"weighted_add"`
+        channel counts must agree unless `projection` is set. Channel counts
+        must be known when the layer has weights (`bn_before_concat`,
+        `projection`, `weight_per_channel`).
+
+    Output shape:
+        The inputs' rank, with each spatial dimension the inputs' common
+        size (`align=None`), smallest size (`"crop"`) or largest size
+        (`"pad"`); `sum(channels)` channels for `"concat"`, otherwise the
+        common channel count (`projection` if it is set).
+    """
+
+    def __init__(
+        self,
+        mode="concat",
+        bn_before_concat=False,
+        align=None,
+        projection=None,
+        weight_per_channel=False,
+        epsilon=1e-4,
+        momentum=0.99,
+        bn_epsilon=1e-3,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        axis=None,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mode not in _MODES:
+            raise ValueError(
+                "`mode` should be one of 'add', 'concat' or 'weighted_add'. "
+                f"Received: mode={mode!r}"
+            )
+        if align not in _ALIGNS:
+            raise ValueError(
+                "`align` should be one of None, 'crop' or 'pad'. "
+                f"Received: align={align!r}"
+            )
+        for name, value in (
+            ("bn_before_concat", bn_before_concat),
+            ("weight_per_channel", weight_per_channel),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(
+                    f"`{name}` should be a bool. Received: {name}={value!r}"
+                )
+        if bn_before_concat and mode != "concat":
+            raise ValueError(
+                "`bn_before_concat=True` normalizes the inputs of a "
+                "concatenation and should only be used with mode='concat'. "
+                f"Received: bn_before_concat=True, mode={mode!r}"
+            )
+        if weight_per_channel and mode != "weighted_add":
+            raise ValueError(
+                "`weight_per_channel=True` should only be used with "
+                f"mode='weighted_add'. Received: weight_per_channel=True, "
+                f"mode={mode!r}"
+            )
+        if projection is not None:
+            if (
+                isinstance(projection, bool)
+                or not isinstance(projection, numbers.Integral)
+                or projection < 1
+            ):
+                raise ValueError(
+                    "`projection` should be None or a positive int, the "
+                    f"common channel count. Received: projection={projection!r}"
+                )
+            if mode == "concat":
+                raise ValueError(
+                    "`projection` should only be used with mode='add' or "
+                    "'weighted_add': mode='concat' takes inputs with any "
+                    f"channel counts. Received: projection={projection!r}, "
+                    f"mode={mode!r}"
+                )
+        for name, value in (("epsilon", epsilon), ("bn_epsilon", bn_epsilon)):
+            if not isinstance(value, numbers.Real) or value <= 0:
+                raise ValueError(
+                    f"`{name}` should be a positive number. Received: "
+                    f"{name}={value!r}"
+                )
+        if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+            raise ValueError(
+                "`momentum` should be a number in [0, 1]. Received: "
+                f"momentum={momentum!r}"
+            )
+        self.mode = mode
+        self.bn_before_concat = bn_before_concat
+        self.align = align
+        self.projection = None if projection is None else int(projection)
+        self.weight_per_channel = weight_per_channel
+        self.epsilon = float(epsilon)
+        self.momentum = float(momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.axis = validate_axis_argument(axis)
+        self.data_format = standardize_data_format(data_format)
+
+    def build(self, input_shape):
+        output_shape = self.compute_output_shape(input_shape)
+        rank = len(output_shape)
+        self._channel_axis = resolve_channel_axis(
+            self.axis, rank, self.data_format
+        )
+        channels = [s[self._channel_axis] for s in input_shape]
+        if None in channels and (
+            self.bn_before_concat
+            or self.projection is not None
+            or self.weight_per_channel
+        ):
+            raise ValueError(
+                f"`{self.__class__.__name__}` with bn_before_concat, "
+                "projection or weight_per_channel needs the channel count "
+                f"(axis {self._channel_axis}) of every input. Received: "
+                f"inputs with shapes {[tuple(s) for s in input_shape]}"
+            )
+        self._batch_norms = []
+        self._projections = []
+        for index, shape in enumerate(input_shape):
+            if self.bn_before_concat:
+                batch_norm = keras.layers.BatchNormalization(
+                    axis=self._channel_axis,
+                    momentum=self.momentum,
+                    epsilon=self.bn_epsilon,
+                    dtype=self.dtype_policy,
+                    name=f"bn_{index}",
+                )
+                batch_norm.build(shape)
+                self._batch_norms.append(batch_norm)
+            if self.projection is None:
+                continue
+            projection = None
+            if channels[index] != self.projection:
+                projection = _CONVOLUTIONS[rank](
+                    self.projection,
+                    1,
+                    data_format=self.data_format,
+                    # A fresh initializer per convolution: an unseeded
+                    # instance shared by all would draw equal kernels.
+                    kernel_initializer=keras.initializers.serialize(
+                        self.kernel_initializer
+                    ),
+                    kernel_regularizer=self.kernel_regularizer,
+                    dtype=self.dtype_policy,
+                    name=f"projection_{index}",
+                )
+                projection.build(shape)
+            self._projections.append(projection)
+        if self.mode == "weighted_add":
+            num_inputs = len(input_shape)
+            self.fusion_weights = self.add_weight(
+                name="fusion_weights",
+                shape=(
+                    (num_inputs, output_shape[self._channel_axis])
+                    if self.weight_per_channel
+                    else (num_inputs,)
+                ),
+                initializer="ones",
+            )
+        if self._batch_norms or self._projections or self.weights:
+            # State that belongs to input i ties the layer to these inputs:
+            # Keras then checks the number of inputs and their channels in
+            # later calls. Without it, like keras.layers.Add, the layer may
+            # be reused on any number of inputs.
+            self.input_spec = [
+                keras.InputSpec(
+                    ndim=rank,
+                    axes=None if c is None else {self._channel_axis: c},
+                )
+                for c in channels
+            ]
+
+    def call(self, inputs, training=None):
+        # The run-time shapes may know sizes that were None in build():
+        # compute_output_shape holds the shape checks, run them on those.
+        self.compute_output_shape([tuple(x.shape) for x in inputs])
+        fused = list(inputs)
+        if self._batch_norms:
+            fused = [
+                batch_norm(x, training=training)
+                for batch_norm, x in zip(self._batch_norms, fused, strict=True)
+            ]
+        if self._projections:
+            fused = [
+                x if projection is None else projection(x)
+                for projection, x in zip(self._projections, fused, strict=True)
+            ]
+        if self.align == "crop":
+            fused = crop_to_smallest(fused, data_format=self.data_format)
+        elif self.align == "pad":
+            fused = pad_to_largest(fused, data_format=self.data_format)
+        if self.mode == "concat":
+            return ops.concatenate(fused, axis=self._channel_axis)
+        if self.mode == "add":
+            output = fused[0]
+            for x in fused[1:]:
+                output = ops.add(output, x)
+            return output
+        weights = ops.relu(self.fusion_weights)
+        weights = weights / (ops.sum(weights, axis=0) + self.epsilon)
+        if self.weight_per_channel:
+            rank = len(fused[0].shape)
+            broadcast = [1] * (rank - 1)
+            broadcast[self._channel_axis - 1] = weights.shape[1]
+            weights = ops.reshape(weights, (len(fused), *broadcast))
+        output = ops.multiply(weights[0], fused[0])
+        for index in range(1, len(fused)):
+            output = ops.add(output, ops.multiply(weights[index], fused[index]))
+        return output
+
+    def compute_output_shape(self, input_shape):
+        name = self.__class__.__name__
+        rank = check_fusion_input_shapes(input_shape, self.data_format, name)
+        channel = resolve_channel_axis(self.axis, rank, self.data_format)
+        if self.align == "crop":
+            spatial = smallest_spatial_shape(input_shape, self.data_format)
+        elif self.align == "pad":
+            spatial = largest_spatial_shape(input_shape, self.data_format)
+        else:
+            spatial = common_spatial_shape(
+                input_shape,
+                self.data_format,
+                name,
+                remedy="pass align='crop' or align='pad' to fuse feature "
+                "maps of different sizes",
+            )
+        channels = [s[channel] for s in input_shape]
+        if self.mode == "concat":
+            output_channels = None if None in channels else sum(channels)
+        elif self.projection is not None:
+            output_channels = self.projection
+        else:
+            output_channels = common_channel_count(
+                input_shape,
+                channel,
+                name,
+                remedy=f"mode={self.mode!r} sums the inputs element-wise; "
+                "pass projection=<channels> to project them to a common "
+                "channel count with 1x1 convolutions",
+            )
+        batch_sizes = [s[0] for s in input_shape if s[0] is not None]
+        output_shape = [batch_sizes[0] if batch_sizes else None] * rank
+        output_shape[channel] = output_channels
+        for axis, size in zip(
+            spatial_axes(rank, self.data_format), spatial, strict=True
+        ):
+            output_shape[axis] = size
+        return tuple(output_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "mode": self.mode,
+                "bn_before_concat": self.bn_before_concat,
+                "align": self.align,
+                "projection": self.projection,
+                "weight_per_channel": self.weight_per_channel,
+                "epsilon": self.epsilon,
+                "momentum": self.momentum,
+                "bn_epsilon": self.bn_epsilon,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                "axis": self.axis,
+                "data_format": self.data_format,
+            }
+        )
+        return config

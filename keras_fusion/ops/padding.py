@@ -1,0 +1,193 @@
+"""Centre zero-padding of feature maps, the counterpart of centre cropping.
+
+A spatial size `size` padded to `target` gets `d // 2` zeros before and
+`d - d // 2` after, `d = target - size`: an odd difference puts the extra
+row at the end. These are the amounts `center_crop_offsets(target, size)`
+removes, so `center_crop` undoes `center_pad` exactly.
+
+Like the cropping functions, these accept backend tensors (eager, inside a
+layer's `call`, inside `tf.function`) and symbolic `keras.KerasTensor`s
+(functional API), and read sizes that are unknown until run time from the
+run-time shape.
+"""
+
+import keras
+from keras import ops
+
+from keras_fusion.ops.cropping import center_crop_offsets
+from keras_fusion.ops.shapes import check_feature_map
+from keras_fusion.ops.shapes import check_fusion_input_shapes
+from keras_fusion.ops.shapes import check_spatial_size
+from keras_fusion.ops.shapes import is_static_size
+from keras_fusion.ops.shapes import largest_spatial_shape
+from keras_fusion.ops.shapes import spatial_axes
+from keras_fusion.ops.shapes import standardize_data_format
+
+
+def center_pad(x, size, data_format=None):
+    """Zero-pad the spatial dimensions of a feature map to `size`, centred.
+
+    The image of seed 003's `ZeroPadding2D` example, padded to 5x4: two
+    rows of zeros are split one before, one after; one column goes after.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion.ops import center_pad
+    >>> x = np.arange(1, 10).reshape((1, 3, 3, 1))
+    >>> y = center_pad(x, (5, 4))
+    >>> tuple(y.shape)
+    (1, 5, 4, 1)
+    >>> np.asarray(y)[0, :, :, 0]
+    array([[0, 0, 0, 0],
+           [1, 2, 3, 0],
+           [4, 5, 6, 0],
+           [7, 8, 9, 0],
+           [0, 0, 0, 0]])
+
+    Args:
+        x: a 3D, 4D or 5D feature map (batch, 1-3 spatial dimensions,
+            channels in the position `data_format` gives).
+        size: one target size per spatial dimension: an int, a scalar
+            integer tensor, or `None` to leave that dimension as it is.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+
+    Returns:
+        `x` with each spatial dimension zero-padded to `size` (amounts as in
+        `center_crop_offsets(size, x_size)`).
+    """
+    data_format = standardize_data_format(data_format)
+    rank = check_feature_map(x, "x")
+    size = check_spatial_size(size, rank)
+    if isinstance(x, keras.KerasTensor):
+        return CenterPad(size, data_format).symbolic_call(x)
+    return _center_pad(x, size, data_format)
+
+
+def pad_to_largest(tensors, data_format=None):
+    """Zero-pad every feature map, centred, to the largest size among them.
+
+    Each spatial dimension is padded independently, to the largest size
+    that dimension has in any of `tensors`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion.ops import pad_to_largest
+    >>> a = np.zeros((1, 10, 7, 3))
+    >>> b = np.zeros((1, 8, 9, 5))
+    >>> [tuple(t.shape) for t in pad_to_largest([a, b])]
+    [(1, 10, 9, 3), (1, 10, 9, 5)]
+
+    Args:
+        tensors: a list of 2 or more feature maps of the same rank (3, 4 or
+            5) and batch size.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+
+    Returns:
+        A list of the padded feature maps, in the order given.
+    """
+    data_format = standardize_data_format(data_format)
+    if not isinstance(tensors, (list, tuple)):
+        raise ValueError(
+            "`tensors` should be a list of at least 2 feature maps. "
+            f"Received: tensors of type {type(tensors).__name__}"
+        )
+    check_fusion_input_shapes(
+        [tuple(t.shape) for t in tensors], data_format, "pad_to_largest"
+    )
+    if any(isinstance(t, keras.KerasTensor) for t in tensors):
+        return PadToLargest(data_format).symbolic_call(list(tensors))
+    return _pad_to_largest(tensors, data_format)
+
+
+class CenterPad(keras.Operation):
+    """The symbolic form of `center_pad`, for the functional API."""
+
+    def __init__(self, size, data_format):
+        super().__init__()
+        self.size = size
+        self.data_format = data_format
+
+    def call(self, x):
+        return _center_pad(x, self.size, self.data_format)
+
+    def compute_output_spec(self, x):
+        shape = list(x.shape)
+        axes = spatial_axes(len(shape), self.data_format)
+        for axis, target in zip(axes, self.size, strict=True):
+            if target is None:
+                continue
+            if shape[axis] is not None and target < shape[axis]:
+                _raise_pad_too_small(tuple(x.shape), self.size)
+            shape[axis] = target
+        return keras.KerasTensor(tuple(shape), dtype=x.dtype)
+
+
+class PadToLargest(keras.Operation):
+    """The symbolic form of `pad_to_largest`, for the functional API."""
+
+    def __init__(self, data_format):
+        super().__init__()
+        self.data_format = data_format
+
+    def call(self, tensors):
+        return _pad_to_largest(tensors, self.data_format)
+
+    def compute_output_spec(self, tensors):
+        shapes = [tuple(t.shape) for t in tensors]
+        largest = largest_spatial_shape(shapes, self.data_format)
+        axes = spatial_axes(len(shapes[0]), self.data_format)
+        outputs = []
+        for t in tensors:
+            shape = list(t.shape)
+            for axis, size in zip(axes, largest, strict=True):
+                shape[axis] = size
+            outputs.append(keras.KerasTensor(tuple(shape), dtype=t.dtype))
+        return outputs
+
+
+def _center_pad(x, size, data_format):
+    shape = ops.shape(x)
+    axes = spatial_axes(len(shape), data_format)
+    pad_width = [(0, 0)] * len(shape)
+    padded = False
+    for axis, target in zip(axes, size, strict=True):
+        if target is None:
+            continue
+        current = shape[axis]
+        if is_static_size(current) and is_static_size(target):
+            if target < current:
+                _raise_pad_too_small(tuple(shape), size)
+            if target == current:
+                continue
+        pad_width[axis] = center_crop_offsets(target, current)
+        padded = True
+    return ops.pad(x, pad_width) if padded else x
+
+
+def _pad_to_largest(tensors, data_format):
+    shapes = [ops.shape(t) for t in tensors]
+    largest = []
+    for axis in spatial_axes(len(shapes[0]), data_format):
+        sizes = [s[axis] for s in shapes]
+        if all(is_static_size(s) for s in sizes):
+            largest.append(max(sizes))
+            continue
+        # At least one size is only known at run time: take the maximum
+        # in the graph so the padding follows the actual input.
+        size = sizes[0]
+        for other in sizes[1:]:
+            size = ops.maximum(size, other)
+        largest.append(size)
+    return [_center_pad(t, largest, data_format) for t in tensors]
+
+
+def _raise_pad_too_small(shape, size):
+    raise ValueError(
+        "Cannot zero-pad to a size smaller than the input: `size` should be "
+        "at least the input's spatial size in every dimension. Received: "
+        f"input shape {tuple(shape)}, size={tuple(size)}"
+    )
