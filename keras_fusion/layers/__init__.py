@@ -1,9 +1,13 @@
 """The keras_fusion layers."""
 
 from keras_fusion.layers.crop_and_concat import CropAndConcat
+from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.fusion_selector import FusionSelector
+from keras_fusion.layers.transition_block import TransitionBlock
 
 __all__ = [
     "CropAndConcat",
     "FusionSelector",
+    "MemoryEfficientDenseBlock",
+    "TransitionBlock",
 ]

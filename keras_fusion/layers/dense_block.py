@@ -1,0 +1,284 @@
+import keras
+from keras import ops
+
+from keras_fusion.ops.shapes import channel_axis
+from keras_fusion.ops.shapes import check_feature_map_shape
+from keras_fusion.ops.shapes import check_positive_int
+from keras_fusion.ops.shapes import standardize_data_format
+
+_POLICIES = {True: "full", "full": "full", "concat_bn": "concat_bn"}
+_CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class MemoryEfficientDenseBlock(keras.layers.Layer):
+    """A DenseNet dense block whose training memory grows linearly in depth.
+
+    Each of the `num_layers` layers computes BatchNorm -> ReLU -> 1x1
+    convolution to `bottleneck_factor * growth_rate` channels (DenseNet-B)
+    -> BatchNorm -> ReLU -> 3x3 convolution to `growth_rate` channels ->
+    dropout, on the concatenation of the block's input and every earlier
+    layer's output; the block returns the concatenation of its input and all
+    new features, as `keras.applications.densenet` does (Huang et al. 2017,
+    "Densely Connected Convolutional Networks").
+
+    Stored naively, the concatenations and their BatchNorm/ReLU outputs make
+    training memory quadratic in depth. With `recompute` the block keeps only
+    what cannot be recomputed cheaply and recomputes the rest during the
+    backward pass (Pleiss et al. 2017, "Memory-Efficient Implementation of
+    DenseNets"), with the same results as `recompute=False`: gradients
+    equal, BatchNorm moving statistics updated once per step, and the same
+    dropout mask in the recomputation (which `keras.remat` and
+    `tf.recompute_grad` around the layers get wrong).
+
+    - `recompute="full"` (or `True`): keep each layer's `growth_rate` new
+      channels only; recompute concatenation, BatchNorm, ReLU and the 1x1
+      convolution. Least memory.
+    - `recompute="concat_bn"`: Pleiss et al.'s policy: keep the convolution
+      outputs too, recompute only concatenation, BatchNorm and ReLU. Least
+      time added.
+    - `recompute=False`: the plain block, storing everything.
+
+    Recomputation happens only in training mode, with the TensorFlow
+    backend; inference (and so `model.export()`) runs the plain block.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion import MemoryEfficientDenseBlock
+    >>> block = MemoryEfficientDenseBlock(num_layers=4, growth_rate=12)
+    >>> x = np.random.rand(2, 8, 8, 24).astype("float32")
+    >>> tuple(block(x, training=True).shape)
+    (2, 8, 8, 72)
+
+    Args:
+        num_layers: the number of dense layers.
+        growth_rate: channels each layer adds (`k` in the paper).
+        bottleneck_factor: the 1x1 bottleneck convolution has
+            `bottleneck_factor * growth_rate` channels (DenseNet-B); `None`
+            leaves it out (BatchNorm -> ReLU -> 3x3 convolution).
+        dropout_rate: dropout after each 3x3 convolution, in training.
+        recompute: `"full"` (same as `True`), `"concat_bn"` or `False`.
+        epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
+            default.
+        momentum: BatchNorm momentum of the moving statistics.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        kernel_initializer: initializer of the convolution kernels.
+        kernel_regularizer: regularizer of the convolution kernels.
+        seed: seed of the dropout masks.
+        **kwargs: base layer keyword arguments, such as `name` and `dtype`.
+
+    Input shape:
+        A 3D, 4D or 5D feature map with a known channel count `C`:
+        `(batch, *spatial, C)` with `"channels_last"`, `(batch, C,
+        *spatial)` with `"channels_first"`. Spatial sizes may be `None`.
+
+    Output shape:
+        The input's shape with `C + num_layers * growth_rate` channels.
+
+    Sublayers, for `keras.applications` weight mapping: layer `i`
+    (1-based) owns `block{i}_0_bn`, `block{i}_1_conv`, `block{i}_1_bn`,
+    `block{i}_2_conv` (and `block{i}_dropout`), as
+    `keras.applications.densenet.conv_block` names them.
+    """
+
+    def __init__(
+        self,
+        num_layers,
+        growth_rate,
+        bottleneck_factor=4,
+        dropout_rate=0.0,
+        recompute=True,
+        epsilon=1.001e-5,
+        momentum=0.99,
+        data_format=None,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_positive_int(num_layers, "num_layers")
+        check_positive_int(growth_rate, "growth_rate")
+        if bottleneck_factor is not None:
+            check_positive_int(bottleneck_factor, "bottleneck_factor")
+        if not isinstance(dropout_rate, (int, float)) or not (
+            0 <= dropout_rate < 1
+        ):
+            raise ValueError(
+                "`dropout_rate` should be a float in [0, 1). "
+                f"Received: dropout_rate={dropout_rate!r}"
+            )
+        if recompute is not False and recompute not in _POLICIES:
+            raise ValueError(
+                "`recompute` should be one of 'full' (or True), 'concat_bn' "
+                f"or False. Received: recompute={recompute!r}"
+            )
+        if recompute is not False and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "`recompute` is implemented for the TensorFlow backend only; "
+                "pass recompute=False to use the plain block. Received: "
+                f"recompute={recompute!r} with the "
+                f"{keras.backend.backend()!r} backend"
+            )
+        if not isinstance(epsilon, (int, float)) or epsilon <= 0:
+            raise ValueError(
+                f"`epsilon` should be a positive float. Received: "
+                f"epsilon={epsilon!r}"
+            )
+        if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise ValueError(
+                "`momentum` should be a float in [0, 1]. "
+                f"Received: momentum={momentum!r}"
+            )
+        self.num_layers = num_layers
+        self.growth_rate = growth_rate
+        self.bottleneck_factor = bottleneck_factor
+        self.dropout_rate = dropout_rate
+        self.recompute = recompute
+        self.recompute_policy = _POLICIES.get(recompute, False)
+        self.epsilon = epsilon
+        self.momentum = momentum
+        self.data_format = standardize_data_format(data_format)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.seed = seed
+        self._recompute_count = 0
+
+    def build(self, input_shape):
+        rank, axis, channels = check_feature_map_shape(
+            input_shape, self.data_format, self.__class__.__name__
+        )
+        conv_class = getattr(keras.layers, _CONV_CLASSES[rank])
+        shape = list(input_shape)
+        self.dense_layers = []
+        self._sublayers = []
+        for index in range(self.num_layers):
+            shape[axis] = channels + index * self.growth_rate
+            parts = _DenseLayerParts(self, index + 1, conv_class, axis)
+            parts.build(tuple(shape))
+            self.dense_layers.append(parts)
+            self._sublayers.extend(parts.layers())
+
+    def call(self, inputs, training=None):
+        if training and self.recompute_policy and self.trainable:
+            # Imported here: the module exists for the TensorFlow backend,
+            # the only one `__init__` accepts with `recompute`.
+            from keras_fusion.backend.tensorflow_dense_block import (
+                recomputing_dense_block,
+            )
+
+            return recomputing_dense_block(self, inputs)
+        axis = channel_axis(len(inputs.shape), self.data_format)
+        features = [inputs]
+        for parts in self.dense_layers:
+            x = (
+                ops.concatenate(features, axis=axis)
+                if parts.index > 1
+                else (inputs)
+            )
+            x = ops.relu(parts.bn_0(x, training=training))
+            if parts.conv_1 is not None:
+                x = parts.conv_1(x)
+                x = ops.relu(parts.bn_1(x, training=training))
+            x = parts.conv_2(x)
+            if parts.dropout is not None:
+                x = parts.dropout(x, training=training)
+            features.append(x)
+        return ops.concatenate(features, axis=axis)
+
+    def compute_output_shape(self, input_shape):
+        axis = channel_axis(len(input_shape), self.data_format)
+        output_shape = list(input_shape)
+        if output_shape[axis] is not None:
+            output_shape[axis] += self.num_layers * self.growth_rate
+        return tuple(output_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_layers": self.num_layers,
+                "growth_rate": self.growth_rate,
+                "bottleneck_factor": self.bottleneck_factor,
+                "dropout_rate": self.dropout_rate,
+                "recompute": self.recompute,
+                "epsilon": self.epsilon,
+                "momentum": self.momentum,
+                "data_format": self.data_format,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+class _DenseLayerParts:
+    """The sublayers of one dense layer, named as keras.applications does."""
+
+    def __init__(self, block, index, conv_class, axis):
+        self.index = index
+        common = {"dtype": block.dtype_policy}
+        conv_args = {
+            "use_bias": False,
+            "data_format": block.data_format,
+            "kernel_initializer": block.kernel_initializer,
+            "kernel_regularizer": block.kernel_regularizer,
+            **common,
+        }
+        bn_args = {
+            "axis": axis,
+            "epsilon": block.epsilon,
+            "momentum": block.momentum,
+            **common,
+        }
+        prefix = f"block{index}"
+        self.bn_0 = keras.layers.BatchNormalization(
+            name=f"{prefix}_0_bn", **bn_args
+        )
+        self.conv_1 = self.bn_1 = None
+        if block.bottleneck_factor is not None:
+            self.conv_1 = conv_class(
+                block.bottleneck_factor * block.growth_rate,
+                1,
+                name=f"{prefix}_1_conv",
+                **conv_args,
+            )
+            self.bn_1 = keras.layers.BatchNormalization(
+                name=f"{prefix}_1_bn", **bn_args
+            )
+        self.conv_2 = conv_class(
+            block.growth_rate,
+            3,
+            padding="same",
+            name=f"{prefix}_2_conv",
+            **conv_args,
+        )
+        self.dropout = None
+        if block.dropout_rate:
+            seed = None if block.seed is None else block.seed + index
+            self.dropout = keras.layers.Dropout(
+                block.dropout_rate,
+                seed=seed,
+                name=f"{prefix}_dropout",
+                **common,
+            )
+
+    def layers(self):
+        parts = [self.bn_0, self.conv_1, self.bn_1, self.conv_2, self.dropout]
+        return [layer for layer in parts if layer is not None]
+
+    def build(self, input_shape):
+        self.bn_0.build(input_shape)
+        shape = input_shape
+        if self.conv_1 is not None:
+            self.conv_1.build(shape)
+            shape = self.conv_1.compute_output_shape(shape)
+            self.bn_1.build(shape)
+        self.conv_2.build(shape)

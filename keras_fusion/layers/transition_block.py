@@ -1,0 +1,149 @@
+import math
+
+import keras
+from keras import ops
+
+from keras_fusion.ops.shapes import channel_axis
+from keras_fusion.ops.shapes import check_feature_map_shape
+from keras_fusion.ops.shapes import standardize_data_format
+
+_CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
+_POOL_CLASSES = {
+    3: "AveragePooling1D",
+    4: "AveragePooling2D",
+    5: "AveragePooling3D",
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class TransitionBlock(keras.layers.Layer):
+    """The DenseNet transition between dense blocks (DenseNet-C).
+
+    BatchNorm -> ReLU -> 1x1 convolution to `floor(C * compression)`
+    channels -> 2x2 average pooling with stride 2, as
+    `keras.applications.densenet.transition_block` (Huang et al. 2017: the
+    compression factor `theta`, 0.5 in DenseNet-BC).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion import TransitionBlock
+    >>> x = np.random.rand(2, 16, 16, 72).astype("float32")
+    >>> tuple(TransitionBlock(compression=0.5)(x).shape)
+    (2, 8, 8, 36)
+
+    Args:
+        compression: the fraction of channels kept, in `(0, 1]`.
+        epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
+            default.
+        momentum: BatchNorm momentum of the moving statistics.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        kernel_initializer: initializer of the convolution kernel.
+        kernel_regularizer: regularizer of the convolution kernel.
+        **kwargs: base layer keyword arguments, such as `name` and `dtype`.
+
+    Input shape:
+        A 3D, 4D or 5D feature map with a known channel count `C`.
+
+    Output shape:
+        `floor(C * compression)` channels, each spatial size halved
+        (rounded down).
+
+    Sublayers, for `keras.applications` weight mapping: `bn` and `conv`
+    (`{name}_bn`, `{name}_conv` in `keras.applications`).
+    """
+
+    def __init__(
+        self,
+        compression=0.5,
+        epsilon=1.001e-5,
+        momentum=0.99,
+        data_format=None,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (
+            isinstance(compression, bool)
+            or not isinstance(compression, (int, float))
+            or not 0 < compression <= 1
+        ):
+            raise ValueError(
+                "`compression` should be a float in (0, 1]. "
+                f"Received: compression={compression!r}"
+            )
+        self.compression = compression
+        self.epsilon = epsilon
+        self.momentum = momentum
+        self.data_format = standardize_data_format(data_format)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        rank, axis, channels = check_feature_map_shape(
+            input_shape, self.data_format, self.__class__.__name__
+        )
+        self.filters = self._filters(channels)
+        self.bn = keras.layers.BatchNormalization(
+            axis=axis,
+            epsilon=self.epsilon,
+            momentum=self.momentum,
+            dtype=self.dtype_policy,
+            name="bn",
+        )
+        self.conv = getattr(keras.layers, _CONV_CLASSES[rank])(
+            self.filters,
+            1,
+            use_bias=False,
+            data_format=self.data_format,
+            kernel_initializer=self.kernel_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.pool = getattr(keras.layers, _POOL_CLASSES[rank])(
+            2, strides=2, data_format=self.data_format, dtype=self.dtype_policy
+        )
+        self.bn.build(input_shape)
+        self.conv.build(input_shape)
+
+    def call(self, inputs, training=None):
+        x = ops.relu(self.bn(inputs, training=training))
+        return self.pool(self.conv(x))
+
+    def compute_output_shape(self, input_shape):
+        axis = channel_axis(len(input_shape), self.data_format)
+        output_shape = list(input_shape)
+        for i in range(1, len(input_shape)):
+            if i == axis:
+                channels = input_shape[i]
+                output_shape[i] = (
+                    None if channels is None else self._filters(channels)
+                )
+            elif input_shape[i] is not None:
+                output_shape[i] = input_shape[i] // 2
+        return tuple(output_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "compression": self.compression,
+                "epsilon": self.epsilon,
+                "momentum": self.momentum,
+                "data_format": self.data_format,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+            }
+        )
+        return config
+
+    def _filters(self, channels):
+        # int() as keras.applications.densenet.transition_block does.
+        return max(1, math.floor(channels * self.compression))

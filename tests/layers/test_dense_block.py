@@ -1,0 +1,343 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_fusion import MemoryEfficientDenseBlock
+from tests.layer_test_case import make_inputs
+from tests.layer_test_case import run_layer_test
+
+POLICIES = ["full", "concat_bn"]
+
+
+def _pair(policy, input_shape, **kwargs):
+    """The plain block and a recomputing one with the same weights."""
+    kwargs = {"num_layers": 4, "growth_rate": 6, "seed": 7, **kwargs}
+    plain = MemoryEfficientDenseBlock(recompute=False, **kwargs)
+    ours = MemoryEfficientDenseBlock(recompute=policy, **kwargs)
+    plain.build(input_shape)
+    ours.build(input_shape)
+    ours.set_weights(plain.get_weights())
+    return plain, ours
+
+
+def _tape_step(block, x):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = block(x, training=True)
+        # A loss whose gradient differs per element, unlike a plain sum.
+        loss = tf.reduce_sum(y * tf.sin(y))
+    grads = tape.gradient(loss, [x, *block.trainable_variables])
+    return y.numpy(), [g.numpy() for g in grads]
+
+
+def _assert_close_relative(actual, expected, rtol):
+    """Agreement to `rtol` relative to the tensor's scale."""
+    scale = np.max(np.abs(expected))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def _moving_statistics(block):
+    # Keyed by the path below the block, whose own name differs per instance.
+    return {
+        v.path.split("/", 1)[1]: v.numpy()
+        for v in block.non_trainable_variables
+        if "moving" in v.path
+    }
+
+
+@pytest.mark.parametrize(
+    "recompute, input_shape, kwargs",
+    [
+        ("full", (2, 6, 6, 5), {}),
+        ("concat_bn", (2, 6, 6, 5), {"dropout_rate": 0.2}),
+        (False, (2, 6, 6, 5), {}),
+        (True, (2, 9, 4), {"bottleneck_factor": None}),
+        ("full", (1, 4, 4, 4, 3), {}),
+        ("concat_bn", (2, 5, 6, 6), {"data_format": "channels_first"}),
+    ],
+    ids=[
+        "full-2d",
+        "concat-bn-2d-dropout",
+        "plain",
+        "1d-no-bottleneck",
+        "3d",
+        "channels-first",
+    ],
+)
+def test_layer_checks(recompute, input_shape, kwargs, tmp_path):
+    channels_first = kwargs.get("data_format") == "channels_first"
+    run_layer_test(
+        MemoryEfficientDenseBlock,
+        {"num_layers": 3, "growth_rate": 4, "recompute": recompute, **kwargs},
+        input_shape,
+        tmp_path,
+        atol=1e-5,
+        run_mixed_precision=not channels_first or _float16_nchw_conv_runs(),
+    )
+
+
+def _float16_nchw_conv_runs():
+    """Whether plain keras.layers.Conv2D runs float16 channels_first here.
+
+    TensorFlow's CPU kernels do not ("The Conv2D op currently only supports
+    the NHWC tensor format on the CPU" for float16), so on a CPU-only
+    machine the mixed-precision check of a channels_first block is skipped.
+    """
+    conv = keras.layers.Conv2D(
+        1, 1, data_format="channels_first", dtype="mixed_float16"
+    )
+    try:
+        conv(np.zeros((1, 1, 2, 2), "float32"))
+    except tf.errors.UnimplementedError:
+        return False
+    return True
+
+
+def test_plain_block_matches_keras_applications_wiring():
+    from keras.src.applications.densenet import conv_block
+
+    inputs = keras.Input((8, 8, 16))
+    x = inputs
+    for i in range(3):
+        x = conv_block(x, 8, name=f"conv2_block{i + 1}")
+    reference = keras.Model(inputs, x)
+    block = MemoryEfficientDenseBlock(3, 8, recompute=False, name="conv2")
+    block.build((None, 8, 8, 16))
+    by_name = {layer.name: layer for layer in reference.layers}
+    for parts in block.dense_layers:
+        for sublayer in parts.layers():
+            source = by_name[f"conv2_{sublayer.name}"]
+            sublayer.set_weights(source.get_weights())
+    data = make_inputs((2, 8, 8, 16), seed=1)
+    for training in (False, True):
+        np.testing.assert_allclose(
+            np.asarray(block(data, training=training)),
+            np.asarray(reference(data, training=training)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize(
+    "input_shape, data_format",
+    [((3, 7, 7, 5), "channels_last"), ((3, 5, 7, 7), "channels_first")],
+)
+def test_outputs_and_gradients_equal_the_plain_block(
+    policy, input_shape, data_format
+):
+    plain, ours = _pair(policy, input_shape, data_format=data_format)
+    x = make_inputs(input_shape, seed=2)
+    y_plain, g_plain = _tape_step(plain, x)
+    y_ours, g_ours = _tape_step(ours, x)
+    _assert_close_relative(y_ours, y_plain, 1e-5)
+    assert len(g_ours) == len(g_plain) == 1 + len(plain.trainable_variables)
+    for mine, reference in zip(g_ours, g_plain, strict=True):
+        _assert_close_relative(mine, reference, 1e-5)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_moving_statistics_update_once_per_step(policy):
+    # Both blocks take the plain block's update each step, so that their
+    # weights stay equal and the statistics compared here depend only on
+    # how each block updates them (gradient agreement has its own test).
+    input_shape = (4, 6, 6, 5)
+    plain, ours = _pair(policy, input_shape)
+    optimizer = keras.optimizers.SGD(0.1)
+    initial = _moving_statistics(plain)
+    for step in range(3):
+        x = make_inputs(input_shape, seed=10 + step)
+        _, grads = _tape_step(plain, x)
+        _tape_step(ours, x)
+        stats_plain = _moving_statistics(plain)
+        stats_ours = _moving_statistics(ours)
+        assert stats_plain.keys() == stats_ours.keys()
+        for path, value in stats_plain.items():
+            np.testing.assert_allclose(
+                stats_ours[path], value, rtol=0, atol=1e-6
+            )
+            # They moved: each step updates them (a second update per step
+            # would move them again, about 1e-2 further than the plain
+            # block's, far outside the tolerance above).
+            assert not np.allclose(value, initial[path], rtol=0, atol=1e-3)
+        optimizer.apply(grads[1:], plain.trainable_variables)
+        for mine, reference in zip(
+            ours.trainable_variables, plain.trainable_variables, strict=True
+        ):
+            mine.assign(reference)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_fit_matches_the_plain_block(policy):
+    input_shape = (8, 6, 6, 5)
+    x = make_inputs(input_shape, seed=3)
+    target = make_inputs((8, 6, 6, 5 + 4 * 6), seed=4)
+    models = []
+    plain, ours = _pair(policy, input_shape, dropout_rate=0.3)
+    for block in (plain, ours):
+        inputs = keras.Input(input_shape[1:])
+        model = keras.Model(inputs, block(inputs))
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+        models.append(model)
+    models[1].set_weights(models[0].get_weights())
+    histories = [
+        m.fit(x, target, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        for m in models
+    ]
+    np.testing.assert_allclose(
+        histories[1].history["loss"], histories[0].history["loss"], rtol=1e-5
+    )
+    for mine, reference in zip(
+        models[1].weights, models[0].weights, strict=True
+    ):
+        assert mine.path.split("/", 1)[1] == reference.path.split("/", 1)[1]
+        np.testing.assert_allclose(
+            mine.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_dropout_mask_is_the_same_in_the_recomputation(policy):
+    input_shape = (3, 6, 6, 5)
+    plain, ours = _pair(policy, input_shape, dropout_rate=0.5)
+    no_dropout, _ = _pair(policy, input_shape)
+    no_dropout.set_weights(plain.get_weights())
+    x = make_inputs(input_shape, seed=5)
+    _, g_plain = _tape_step(plain, x)
+    _, g_ours = _tape_step(ours, x)
+    _, g_without = _tape_step(no_dropout, x)
+    for mine, reference in zip(g_ours, g_plain, strict=True):
+        _assert_close_relative(mine, reference, 1e-5)
+    assert not np.allclose(g_ours[0], g_without[0], rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_xla_training_step_matches_eager(policy):
+    input_shape = (2, 6, 6, 5)
+    plain, ours = _pair(policy, input_shape)
+    x = make_inputs(input_shape, seed=6)
+    y_plain, g_plain = _tape_step(plain, x)
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ours(x, training=True)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return y, tape.gradient(loss, [x, *ours.trainable_variables])
+
+    y_ours, g_ours = step(tf.constant(x))
+    _assert_close_relative(y_ours.numpy(), y_plain, 1e-5)
+    for mine, reference in zip(g_ours, g_plain, strict=True):
+        _assert_close_relative(mine.numpy(), reference, 1e-5)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_backward_pass_recomputes_every_layer(policy):
+    _, ours = _pair(policy, (2, 6, 6, 5))
+    x = make_inputs((2, 6, 6, 5), seed=8)
+    ours(x, training=True)
+    ours(x, training=False)
+    assert ours._recompute_count == 0
+    _tape_step(ours, x)
+    assert ours._recompute_count == ours.num_layers
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    from keras_fusion import MemoryEfficientDenseBlock
+
+    block = MemoryEfficientDenseBlock(12, 12, recompute=sys.argv[1] if
+        sys.argv[1] != "False" else False)
+    x = tf.constant(np.random.rand(16, 16, 16, 24).astype("float32"))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(block(x, training=True)))
+        return tape.gradient(loss, block.trainable_variables)
+
+    step()
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    step()
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    print(json.dumps(peak - before))
+    """
+)
+
+
+def _training_peak(recompute):
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(recompute)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_recomputation_keeps_training_memory_down():
+    # A guard against the saving silently regressing (as torchvision's did,
+    # pytorch/vision#2221), not the benchmark: at 12 layers the plain block
+    # needs well over twice the memory of the recomputing ones.
+    plain = _training_peak(False)
+    assert _training_peak("full") < 0.4 * plain
+    assert _training_peak("concat_bn") < 0.5 * plain
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_layers": 0}, "`num_layers` should be a positive int.*0"),
+        ({"growth_rate": 2.5}, "`growth_rate` should be a positive int.*2.5"),
+        (
+            {"bottleneck_factor": 0},
+            "`bottleneck_factor`.*Received: bottleneck_factor=0",
+        ),
+        (
+            {"dropout_rate": 1.0},
+            r"`dropout_rate` should be a float in \[0, 1\).*1.0",
+        ),
+        ({"recompute": "yes"}, "`recompute` should be one of.*'yes'"),
+        ({"epsilon": 0}, "`epsilon` should be a positive float.*0"),
+        ({"momentum": 2}, r"`momentum` should be a float in \[0, 1\].*2"),
+        ({"data_format": "NCHW"}, "`data_format`.*'NCHW'"),
+    ],
+)
+def test_dense_block_errors_if_argument_is_invalid(kwargs, message):
+    kwargs = {"num_layers": 2, "growth_rate": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        MemoryEfficientDenseBlock(**kwargs)
+
+
+def test_dense_block_errors_if_rank_is_unsupported():
+    with pytest.raises(ValueError, match="rank 3, 4 or 5.*\\(None, 8\\)"):
+        MemoryEfficientDenseBlock(2, 4)(keras.Input((8,)))
+
+
+def test_dense_block_errors_if_channels_are_unknown():
+    with pytest.raises(ValueError, match="channel dimension.*should be known"):
+        MemoryEfficientDenseBlock(2, 4)(keras.Input((8, 8, None)))
+
+
+def test_sublayers_are_named_like_keras_applications():
+    block = MemoryEfficientDenseBlock(2, 4, name="conv2")
+    block.build((None, 8, 8, 3))
+    paths = sorted(v.path for v in block.weights)
+    assert "conv2/block1_0_bn/gamma" in paths
+    assert "conv2/block2_1_conv/kernel" in paths
+    assert "conv2/block2_1_bn/moving_variance" in paths
+    assert "conv2/block2_2_conv/kernel" in paths

@@ -1,0 +1,68 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_fusion import TransitionBlock
+from tests.layer_test_case import make_inputs
+from tests.layer_test_case import run_layer_test
+
+
+@pytest.mark.parametrize(
+    "input_shape, kwargs, expected",
+    [
+        ((2, 8, 8, 10), {}, (2, 4, 4, 5)),
+        ((2, 9, 7), {"compression": 0.25}, (2, 4, 1)),
+        ((1, 4, 6, 6, 6), {}, (1, 2, 3, 3, 3)),
+        ((2, 10, 8, 8), {"data_format": "channels_first"}, (2, 5, 4, 4)),
+    ],
+    ids=["2d", "1d", "3d", "channels-first"],
+)
+def test_layer_checks(input_shape, kwargs, expected, tmp_path):
+    run_layer_test(
+        TransitionBlock,
+        kwargs,
+        input_shape,
+        tmp_path,
+        expected_output_shape=expected,
+        atol=1e-5,
+        # TensorFlow's CPU kernels have no float16 NCHW convolution and no
+        # float16 AvgPool3D: plain Keras layers fail there the same way.
+        run_mixed_precision=kwargs.get("data_format") != "channels_first"
+        and len(input_shape) != 5,
+    )
+
+
+def test_matches_keras_applications_transition_block():
+    from keras.src.applications.densenet import transition_block
+
+    inputs = keras.Input((8, 8, 10))
+    reference = keras.Model(inputs, transition_block(inputs, 0.5, "pool2"))
+    layer = TransitionBlock(0.5, name="pool2")
+    layer.build((None, 8, 8, 10))
+    layer.bn.set_weights(reference.get_layer("pool2_bn").get_weights())
+    layer.conv.set_weights(reference.get_layer("pool2_conv").get_weights())
+    data = make_inputs((3, 8, 8, 10), seed=1)
+    for training in (False, True):
+        np.testing.assert_allclose(
+            np.asarray(layer(data, training=training)),
+            np.asarray(reference(data, training=training)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_output_channels_are_floor_of_compression():
+    layer = TransitionBlock(compression=0.5)
+    assert layer.compute_output_shape((None, 8, 8, 7)) == (None, 4, 4, 3)
+    assert layer.compute_output_shape((None, None, 9, 7)) == (None, None, 4, 3)
+
+
+@pytest.mark.parametrize("compression", [0, 1.5, "half", True])
+def test_transition_block_errors_if_compression_is_invalid(compression):
+    with pytest.raises(ValueError, match=r"`compression` should be a float in"):
+        TransitionBlock(compression=compression)
+
+
+def test_transition_block_errors_if_channels_are_unknown():
+    with pytest.raises(ValueError, match="channel dimension.*should be known"):
+        TransitionBlock()(keras.Input((8, 8, None)))
