@@ -10,7 +10,6 @@ memory in use before the step) and the step times after warm-up.
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -31,29 +30,6 @@ def run_worker(module, args, timeout=1800):
             f"worker {module} {args} failed:\n{result.stderr[-4000:]}"
         )
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def measure_step(step, repeats):
-    """Peak bytes of one call of `step` and the median of `repeats` timings.
-
-    `step` must already be traced (call it once before).
-    """
-    import tensorflow as tf
-
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    step()
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {
-        "peak_bytes": peak - before,
-        "step_seconds": statistics.median(times),
-        "step_times": times,
-    }
 
 
 def environment():

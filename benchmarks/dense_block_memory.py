@@ -23,9 +23,9 @@ import json
 import statistics
 
 from benchmarks.common import environment
-from benchmarks.common import measure_step
 from benchmarks.common import run_worker
 from benchmarks.common import write_results
+from keras_fusion.utils import measure_step
 
 MODULE = "benchmarks.dense_block_memory"
 IMPLEMENTATIONS = ("baseline", "full", "concat_bn")

@@ -28,35 +28,12 @@ layer's run-time shape handling is what gets saved, exported and compiled.
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 
 from keras_fusion.ops.shapes import spatial_axes
-
-# The process that reloads an export must not import keras_fusion: it proves
-# that the SavedModel serves on a machine that only has TensorFlow.
-_SERVE_SCRIPT = textwrap.dedent(
-    """
-    import os
-    import sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import numpy as np
-    import tensorflow as tf
-
-    export_dir, inputs_path, outputs_path = sys.argv[1:4]
-    data = np.load(inputs_path)
-    inputs = [data[f"x{i}"] for i in range(len(data.files))]
-    loaded = tf.saved_model.load(export_dir)
-    outputs = loaded.serve(inputs if len(inputs) > 1 else inputs[0])
-    if "keras_fusion" in sys.modules:
-        sys.exit("keras_fusion was imported while serving the export")
-    np.save(outputs_path, np.asarray(outputs))
-    """
-)
+from keras_fusion.utils import serve_in_fresh_process
 
 
 def make_inputs(input_shape, seed=0, dtype="float32"):
@@ -111,7 +88,7 @@ def run_layer_test(
 
     _check_keras_file(model, data, reference, tmp_path)
     if run_export:
-        _check_export(model, data, reference, tmp_path, atol)
+        check_export(model, data, reference, tmp_path, atol)
     _check_fit(model, data, reference)
     if run_mixed_precision:
         _check_mixed_precision(layer_cls, init_kwargs, input_shape, data)
@@ -214,23 +191,13 @@ def _check_keras_file(model, data, reference, tmp_path):
     )
 
 
-def _check_export(model, data, reference, tmp_path, atol):
+def check_export(model, data, reference, tmp_path, atol=1e-6):
+    """Check that `model.export()` serves `reference` for `data` in a
+    Python process that never imports keras_fusion."""
     export_dir = os.path.join(tmp_path, "export")
-    inputs_path = os.path.join(tmp_path, "inputs.npz")
-    outputs_path = os.path.join(tmp_path, "outputs.npy")
     model.export(export_dir, verbose=False)
-    np.savez(inputs_path, **{f"x{i}": x for i, x in enumerate(_as_list(data))})
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", _SERVE_SCRIPT, export_dir]
-        + [inputs_path, outputs_path],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_allclose(
-        np.load(outputs_path), reference, rtol=0, atol=atol
-    )
+    served = serve_in_fresh_process(export_dir, data)
+    np.testing.assert_allclose(served, reference, rtol=0, atol=atol)
 
 
 def _fit_one_step(model, data, target):

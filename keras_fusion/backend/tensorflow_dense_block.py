@@ -10,11 +10,14 @@ convolution forward again: its input and kernel gradients come straight
 from `Conv*DBackpropInput`/`Conv*DBackpropFilter`. `keras.remat` and
 `tf.recompute_grad` around a layer do none of (c), update BatchNorm's moving
 statistics a second time during the recomputation and draw a new dropout
-mask there. In the backward pass BatchNorm is recomputed and
-differentiated with TensorFlow's fused kernels (`FusedBatchNormV3` and its
-gradient): together they take 14 ms here on a 32x32x32x216 tensor where the
-ops of `keras.layers.BatchNormalization` and their autodiff take 31 ms,
-which is what keeps the recomputation's time cost down.
+mask there. In the backward pass BatchNorm is recomputed from the forward
+pass's saved batch statistics (so the recomputed activations and ReLU
+branches are the forward pass's, bit for bit) and differentiated with its
+analytic gradient: 23 ms here on a 32x32x32x216 tensor where autodiff of
+the ops of `keras.layers.BatchNormalization` takes 31 ms. (TensorFlow's
+fused BatchNorm kernels take 14 ms but compute the statistics their own
+way; near-zero ReLU inputs then flip branch, which moved a DenseNet-121's
+gradients by 1%.)
 `benchmarks/dense_block_memory.py` measures what all of this buys.
 
 Everything here runs in `channels_last`; `channels_first` inputs are
@@ -25,8 +28,8 @@ the tests check to 1e-5 relative (gradients) and 1e-6 (statistics):
 - the forward pass computes BatchNorm with the ops of the Keras layer, so
   outputs and batch statistics are the plain block's, and updates the
   moving statistics once per step, with the Keras layer's formula;
-- the gradients are the analytic gradients of the same function (the fused
-  kernels' sums run in another order: about 1e-6 relative apart);
+- the gradients are the analytic gradients of the same function, summed
+  in another order (about 1e-6 relative apart);
 - dropout uses the dropout sublayer's seed generator, drawn once per step;
   the backward pass applies the same stateless mask to the gradient.
 """
@@ -139,15 +142,21 @@ class _DenseBlockKernel:
         outputs = tf.concat(features, axis=-1)
 
         def grad_fn(d_outputs, *unused_moment_gradients):
-            return self._backward(d_outputs, features, bottlenecks, per_layer)
+            return self._backward(
+                d_outputs, features, bottlenecks, moments, per_layer
+            )
 
         return outputs, moments, grad_fn
 
-    def _backward(self, d_outputs, features, bottlenecks, per_layer):
+    def _backward(self, d_outputs, features, bottlenecks, moments, per_layer):
         layers = self.block.dense_layers
         growth = self.block.growth_rate
         grads = []
         gradient = d_outputs
+        # Where each layer's batch statistics start in `moments`.
+        position = [0]
+        for layer in layers[:-1]:
+            position.append(position[-1] + (4 if layer.bn_1 else 2))
         for index in reversed(range(len(layers))):
             layer = layers[index]
             gamma0, beta0, kernel1, gamma1, beta1, kernel2 = per_layer[index]
@@ -164,14 +173,19 @@ class _DenseBlockKernel:
                     stored_b = tf.identity(bottlenecks[index])
             self.block._recompute_count += 1
             c = tf.concat(inputs, axis=-1) if index else inputs[0]
-            bn0 = _BatchNormReLU(c, gamma0, beta0, layer.bn_0.epsilon)
+            stats = moments[position[index] : position[index] + 4]
+            bn0 = _BatchNormReLU(
+                c, gamma0, beta0, *stats[:2], layer.bn_0.epsilon
+            )
             if kernel1 is not None:
                 b = (
                     stored_b
                     if self.policy == "concat_bn"
                     else (_conv(bn0.outputs, kernel1))
                 )
-                bn1 = _BatchNormReLU(b, gamma1, beta1, layer.bn_1.epsilon)
+                bn1 = _BatchNormReLU(
+                    b, gamma1, beta1, *stats[2:], layer.bn_1.epsilon
+                )
                 h2 = bn1.outputs
             else:
                 h2 = bn0.outputs
@@ -212,47 +226,46 @@ def _keras_bn_relu(x, gamma, beta, bn):
 
 
 class _BatchNormReLU:
-    """relu(BatchNorm(x)) in training mode on TensorFlow's fused kernels,
-    recomputed in the backward pass for its gradient.
+    """relu(BatchNorm(x)) recomputed in the backward pass, and its gradient.
 
-    BatchNorm normalizes each channel independently, so any rank is run as
-    the 4D `(batch, 1, positions, channels)` the fused kernels take.
+    The recomputation runs the forward pass's ops on the forward pass's
+    batch statistics, so it reproduces the stored activations bit for bit:
+    a ReLU whose input is within rounding of zero takes the same branch as
+    in the forward pass. The gradient is BatchNorm's analytic one (through
+    the batch statistics too), in three element-wise passes instead of the
+    dozen ops that autodiff of the forward ops runs.
     """
 
-    def __init__(self, x, gamma, beta, epsilon):
-        self.shape = tf.shape(x)
-        self.x = tf.reshape(x, [self.shape[0], 1, -1, x.shape[-1]])
+    def __init__(self, x, gamma, beta, mean, variance, epsilon):
+        self.dtype = x.dtype
+        self.x = tf.cast(x, "float32")
         self.gamma = gamma
-        self.epsilon = epsilon
-        (y, _, _, *self.reserve) = tf.raw_ops.FusedBatchNormV3(
-            x=self.x,
-            scale=gamma,
+        self.mean = mean
+        self.inverse_std = tf.math.rsqrt(variance + epsilon)
+        y = keras.ops.batch_normalization(
+            self.x,
+            mean,
+            variance,
+            axis=-1,
             offset=beta,
-            mean=tf.zeros([0], gamma.dtype),
-            variance=tf.zeros([0], gamma.dtype),
+            scale=gamma,
             epsilon=epsilon,
-            is_training=True,
         )
-        self.relu = tf.nn.relu(y)
-        self.outputs = tf.reshape(self.relu, self.shape)
+        self.outputs = tf.nn.relu(tf.cast(y, self.dtype))
 
     def backward(self, d_outputs):
         """Gradients with respect to x, gamma and beta."""
-        d_y = tf.raw_ops.ReluGrad(
-            gradients=tf.reshape(d_outputs, tf.shape(self.relu)),
-            features=self.relu,
+        d_y = tf.raw_ops.ReluGrad(gradients=d_outputs, features=self.outputs)
+        d_y = tf.cast(d_y, "float32")
+        axes = list(range(len(self.x.shape) - 1))
+        count = tf.cast(tf.size(d_y) // tf.shape(d_y)[-1], "float32")
+        x_hat = (self.x - self.mean) * self.inverse_std
+        d_beta = tf.reduce_sum(d_y, axes)
+        d_gamma = tf.reduce_sum(d_y * x_hat, axes)
+        d_x = (self.gamma * self.inverse_std) * (
+            d_y - (d_beta + x_hat * d_gamma) / count
         )
-        d_x, d_gamma, d_beta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-            y_backprop=d_y,
-            x=self.x,
-            scale=self.gamma,
-            reserve_space_1=self.reserve[0],
-            reserve_space_2=self.reserve[1],
-            reserve_space_3=self.reserve[2],
-            epsilon=self.epsilon,
-            is_training=True,
-        )
-        return tf.reshape(d_x, self.shape), d_gamma, d_beta
+        return tf.cast(d_x, self.dtype), d_gamma, d_beta
 
 
 def _update_moving_statistics(block, batch_moments):

@@ -1,6 +1,25 @@
 """Model builders made of keras_fusion layers."""
 
+from keras_fusion.models.densenet import DenseNet
+from keras_fusion.models.densenet import DenseNet121
+from keras_fusion.models.densenet import DenseNet169
+from keras_fusion.models.densenet import DenseNet201
+from keras_fusion.models.densenet import DenseNet264
+from keras_fusion.models.densenet import DenseNetBC
+from keras_fusion.models.densenet import copy_keras_application_weights
+from keras_fusion.models.densenet import from_keras_application
 from keras_fusion.models.unet import UNet
 from keras_fusion.models.unet import unet_level_sizes
 
-__all__ = ["UNet", "unet_level_sizes"]
+__all__ = [
+    "DenseNet",
+    "DenseNet121",
+    "DenseNet169",
+    "DenseNet201",
+    "DenseNet264",
+    "DenseNetBC",
+    "UNet",
+    "copy_keras_application_weights",
+    "from_keras_application",
+    "unet_level_sizes",
+]

@@ -1,0 +1,274 @@
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_fusion import MemoryEfficientDenseBlock
+from keras_fusion import TransitionBlock
+from keras_fusion.models import DenseNet121
+from keras_fusion.models import DenseNet169
+from keras_fusion.models import DenseNet201
+from keras_fusion.models import DenseNet264
+from keras_fusion.models import DenseNetBC
+from keras_fusion.models import from_keras_application
+from tests.layer_test_case import check_export
+
+SHAPE = (64, 64, 3)
+
+
+def _randomized(model, seed=0):
+    """`model` with random weights everywhere, BN statistics included."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        if weight.path.endswith(("gamma", "moving_variance")):
+            value = rng.uniform(0.5, 1.5, weight.shape)
+        else:
+            value = rng.normal(0.0, 0.05, weight.shape)
+        weight.assign(value.astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def source():
+    """keras.applications.DenseNet121 with random weights, 64x64 inputs."""
+    model = keras.applications.DenseNet121(
+        weights=None, input_shape=SHAPE, classes=10
+    )
+    return _randomized(model)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).normal(size=(4, *SHAPE)).astype("float32")
+
+
+def _training_step(model, x):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        y = model(x, training=True)
+        loss = tf.reduce_sum(y * tf.range(10, dtype=y.dtype))
+    grads = tape.gradient(loss, model.trainable_weights)
+    return y.numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, trainable",
+    [
+        (DenseNet121, keras.applications.DenseNet121, 7_978_856),
+        (DenseNet169, keras.applications.DenseNet169, None),
+        (DenseNet201, keras.applications.DenseNet201, None),
+    ],
+)
+def test_parameter_counts_equal_keras_applications(ours, theirs, trainable):
+    model = ours(weights=None)
+    reference = theirs(weights=None)
+    assert model.count_params() == reference.count_params()
+    count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    expected = sum(int(np.prod(w.shape)) for w in reference.trainable_weights)
+    assert count == expected
+    if trainable is not None:
+        assert count == trainable
+
+
+def test_densenet264_has_the_papers_blocks():
+    model = DenseNet264(weights=None, input_shape=SHAPE, classes=10)
+    blocks = [model.get_layer(f"conv{i}").num_layers for i in range(2, 6)]
+    assert blocks == [6, 12, 64, 48]
+    assert model.get_layer("conv5").growth_rate == 32
+
+
+@pytest.mark.parametrize("recompute", [True, "concat_bn", False])
+def test_converted_model_predicts_as_keras_applications(
+    source, images, recompute
+):
+    ours = from_keras_application(source, recompute=recompute)
+    np.testing.assert_allclose(
+        np.asarray(ours(images, training=False)),
+        np.asarray(source(images, training=False)),
+        rtol=0,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("recompute", [True, "concat_bn"])
+def test_converted_model_trains_as_keras_applications(
+    source, images, recompute
+):
+    ours = from_keras_application(source, recompute=recompute)
+    y_ours, g_ours = _training_step(ours, images)
+    y_theirs, g_theirs = _training_step(source, images)
+    np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-6)
+    paths = [w.path.replace("/", "_") for w in ours.trainable_weights]
+    assert paths == [w.path.replace("/", "_") for w in source.trainable_weights]
+    # Gradients agree to 1e-5 of the largest one: a few BatchNorm gammas
+    # near the input have gradients 2000x smaller than that, sums of
+    # cancelling terms whose last digits depend on summation order (they
+    # differ as much between the plain Keras block and keras.applications).
+    scale = max(np.max(np.abs(g)) for g in g_theirs)
+    for mine, theirs, path in zip(g_ours, g_theirs, paths, strict=True):
+        np.testing.assert_allclose(
+            mine, theirs, rtol=1e-5, atol=1e-5 * scale, err_msg=path
+        )
+
+
+def test_keras_applications_weights_file_loads_through_the_mapping(
+    source, images, tmp_path
+):
+    path = os.path.join(tmp_path, "densenet121.weights.h5")
+    source.save_weights(path)
+    ours = DenseNet121(weights=path, input_shape=SHAPE, classes=10)
+    np.testing.assert_allclose(
+        np.asarray(ours(images)), np.asarray(source(images)), atol=1e-5
+    )
+
+
+def test_legacy_h5_weights_file_loads_through_the_mapping(
+    source, images, tmp_path
+):
+    # The layout of the files keras.applications downloads.
+    from keras.src.legacy.saving import legacy_h5_format
+
+    path = os.path.join(tmp_path, "densenet121_notop.h5")
+    notop = keras.applications.DenseNet121(
+        weights=None, include_top=False, input_shape=SHAPE
+    )
+    notop.set_weights(source.get_weights()[:-2])
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, notop)
+    ours = DenseNet121(
+        weights=path, include_top=False, input_shape=SHAPE, pooling=None
+    )
+    np.testing.assert_allclose(
+        np.asarray(ours(images)), np.asarray(notop(images)), atol=1e-5
+    )
+
+
+def test_imagenet_weights_come_from_keras_applications(
+    source, images, monkeypatch
+):
+    calls = []
+
+    def fake_densenet121(**kwargs):
+        calls.append(kwargs)
+        return source
+
+    monkeypatch.setattr(keras.applications, "DenseNet121", fake_densenet121)
+    ours = DenseNet121(weights="imagenet", include_top=False, input_shape=SHAPE)
+    assert calls[0]["weights"] == "imagenet"
+    assert not calls[0]["include_top"]
+    features = keras.Model(source.input, source.get_layer("relu").output)
+    np.testing.assert_allclose(
+        np.asarray(ours(images)), np.asarray(features(images)), atol=1e-5
+    )
+
+
+def test_own_weights_file_round_trips(source, images, tmp_path):
+    ours = from_keras_application(source)
+    path = os.path.join(tmp_path, "ours.weights.h5")
+    ours.save_weights(path)
+    reloaded = DenseNet121(weights=path, input_shape=SHAPE, classes=10)
+    np.testing.assert_array_equal(
+        np.asarray(reloaded(images)), np.asarray(ours(images))
+    )
+
+
+@pytest.mark.slow
+def test_converted_model_export_serves_without_keras_fusion(
+    source, images, tmp_path
+):
+    ours = from_keras_application(source)
+    reference = np.asarray(source(images, training=False))
+    check_export(ours, images, reference, tmp_path, atol=1e-5)
+
+
+def test_channels_first_model_matches_channels_last(source, images):
+    ours = from_keras_application(source)
+    first = DenseNet121(
+        weights=None,
+        input_shape=(3, *SHAPE[:2]),
+        classes=10,
+        data_format="channels_first",
+    )
+    first.set_weights(ours.get_weights())
+    np.testing.assert_allclose(
+        np.asarray(first(np.transpose(images, (0, 3, 1, 2)))),
+        np.asarray(ours(images)),
+        atol=1e-5,
+    )
+
+
+def test_models_use_the_memory_efficient_layers():
+    model = DenseNet121(weights=None, input_shape=SHAPE, recompute="concat_bn")
+    block = model.get_layer("conv4")
+    assert isinstance(block, MemoryEfficientDenseBlock)
+    assert block.recompute == "concat_bn"
+    assert isinstance(model.get_layer("pool3"), TransitionBlock)
+
+
+@pytest.mark.parametrize(
+    "kwargs, layers, bottleneck, compression",
+    [
+        ({}, 16, 4, 0.5),
+        ({"depth": 40, "compression": 1.0}, 6, 4, 1.0),
+        ({"depth": 40, "bottleneck": False}, 12, None, 0.5),
+    ],
+    ids=["densenet-bc-100", "densenet-b-40", "densenet-c-40"],
+)
+def test_densenet_bc_variants(kwargs, layers, bottleneck, compression):
+    model = DenseNetBC(**kwargs)
+    for i in (1, 2, 3):
+        block = model.get_layer(f"block{i}")
+        assert block.num_layers == layers
+        assert block.growth_rate == 12
+        assert block.bottleneck_factor == bottleneck
+    assert model.get_layer("transition1").compression == compression
+    assert model.output_shape == (None, 10)
+
+
+def test_densenet_bc_100_has_the_papers_parameter_count():
+    # Huang et al. 2017, Table 2: DenseNet-BC (L=100, k=12), 0.8M.
+    assert round(DenseNetBC(depth=100).count_params() / 1e6, 1) == 0.8
+
+
+def test_densenet_bc_trains():
+    model = DenseNetBC(depth=40, dropout_rate=0.2)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(2).random((8, 32, 32, 3), "float32")
+    y = np.arange(8) % 10
+    history = model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs, message",
+    [
+        (DenseNet121, {"classes": 10}, "1000 classes.*classes=10"),
+        (DenseNet264, {"weights": "imagenet"}, "DenseNet-121, -169 and -201"),
+        (DenseNet121, {"weights": "nowhere.h5"}, "no such file"),
+        (DenseNet121, {"weights": None, "pooling": "sum"}, "`pooling`.*'sum'"),
+        (
+            DenseNet121,
+            {"weights": None, "input_shape": (16, 16, 3)},
+            "at least 32.*16, 16, 3",
+        ),
+        (
+            DenseNet121,
+            {"input_shape": (64, 64, 3)},
+            "needs input_shape=\\(224, 224, 3\\)",
+        ),
+        (DenseNetBC, {"depth": 50}, "`depth` should be 3 \\* n \\* 2 \\+ 4"),
+    ],
+)
+def test_densenet_errors_if_arguments_are_invalid(builder, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        builder(**kwargs)
+
+
+def test_conversion_errors_if_model_is_not_a_densenet():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs), name="mlp")
+    with pytest.raises(ValueError, match="keras.applications DenseNet.*'mlp'"):
+        from_keras_application(model)
