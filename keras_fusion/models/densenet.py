@@ -295,6 +295,7 @@ def DenseNetBC(
     classifier_activation="softmax",
     recompute=True,
     dropout_rate=0.0,
+    bn_momentum=0.99,
     data_format=None,
     name=None,
 ):
@@ -331,6 +332,9 @@ def DenseNetBC(
         recompute: the dense blocks' recomputation policy.
         dropout_rate: dropout after each dense layer's 3x3 convolution (the
             paper uses 0.2 without data augmentation).
+        bn_momentum: the momentum of every BatchNormalization's moving
+            statistics (Keras's 0.99 by default; the paper's Torch
+            momentum of 0.1 is 0.9 here, which suits short trainings).
         data_format: `"channels_last"` or `"channels_first"`.
         name: the model's name; defaults to e.g. `"densenet_bc_100_k12"`.
 
@@ -373,17 +377,21 @@ def DenseNetBC(
             bottleneck_factor=4 if bottleneck else None,
             dropout_rate=dropout_rate,
             recompute=recompute,
+            momentum=bn_momentum,
             data_format=data_format,
             name=f"block{index + 1}",
         )(x)
         if index < 2:
             x = TransitionBlock(
                 compression,
+                momentum=bn_momentum,
                 data_format=data_format,
                 name=f"transition{index + 1}",
             )(x)
     x = keras.layers.BatchNormalization(
-        axis=1 if data_format == "channels_first" else -1, name="bn"
+        axis=1 if data_format == "channels_first" else -1,
+        momentum=bn_momentum,
+        name="bn",
     )(x)
     x = keras.layers.Activation("relu", name="relu")(x)
     x = _head(
