@@ -111,6 +111,11 @@ def _settings(quick):
     }
 
 
+def _fit_verbosity():
+    # Keras's progress bars at a terminal; one line per epoch in a log.
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _say(step, text):
     print(f"\n[step {step}/5] {text}", flush=True)
 
@@ -206,7 +211,7 @@ def _segmentation(output, settings):
         masks[train],
         batch_size=settings["batch"],
         epochs=settings["unet_epochs"],
-        verbose=2,
+        verbose=_fit_verbosity(),
     )
     seconds = time.perf_counter() - start
     predicted = np.argmax(model.predict(inputs[test], verbose=0), axis=-1)
@@ -301,7 +306,7 @@ def _classification(settings):
         labels[train],
         batch_size=settings["batch"],
         epochs=settings["densenet_epochs"],
-        verbose=2,
+        verbose=_fit_verbosity(),
     )
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(images[test], labels[test], verbose=0)
