@@ -31,6 +31,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     try:
+        demo.check_backend()
         output = demo.check_output_dir(args.output)
     except ValueError as error:
         demo_parser.exit(2, f"keras-fusion demo: error: {error}\n")

@@ -31,6 +31,20 @@ _UNET_INPUT = 92
 _UNET_OUTPUT = 52
 
 
+def check_backend():
+    """The demo needs the TensorFlow backend: it measures TensorFlow's
+    allocator and exports a SavedModel."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            "`keras-fusion demo` measures TensorFlow's allocator and exports "
+            "a SavedModel: run it with KERAS_BACKEND=tensorflow. Received: "
+            f"backend={backend!r}"
+        )
+
+
 def check_output_dir(path):
     """Create `path` if needed; raise `ValueError` if it cannot hold files."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -66,6 +80,7 @@ def check_demo_dependencies():
 
 def run(output, quick=False):
     """Run every step; return the summary rows."""
+    check_backend()
     output = check_output_dir(output)
     check_demo_dependencies()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

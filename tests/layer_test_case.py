@@ -14,15 +14,17 @@ constructor arguments and checks, on random data:
 3. `.keras`: a model holding the layer, saved and loaded with
    `keras.models.load_model` without `custom_objects`, gives identical
    outputs;
-4. SavedModel: `model.export()` reloaded with `tf.saved_model.load` in a
-   separate Python process that never imports keras_fusion gives the same
-   outputs (atol 1e-6);
+4. SavedModel (`run_export_test`, a test of its own because it is about a
+   TensorFlow artifact): `model.export()` reloaded with
+   `tf.saved_model.load` in a separate Python process that never imports
+   keras_fusion gives the same outputs (atol 1e-6);
 5. training: one `fit` step runs and gives a finite loss; under
    `mixed_float16` the output is float16, the variables stay float32, and a
    `fit` step runs too;
 6. XLA: a model compiled with `jit_compile=True` gives the eager outputs.
 
-The models in 3, 4 and 6 take inputs with `None` spatial sizes, so the
+Everything but 4 runs under every Keras backend. The models in 3, 4 and 6
+take inputs with `None` spatial sizes, so the
 layer's run-time shape handling is what gets saved, exported and compiled.
 """
 
@@ -34,6 +36,7 @@ import numpy as np
 
 from keras_fusion.ops.shapes import spatial_axes
 from keras_fusion.utils import serve_in_fresh_process
+from tests.backend_utils import to_numpy
 
 
 def make_inputs(input_shape, seed=0, dtype="float32"):
@@ -51,7 +54,6 @@ def run_layer_test(
     tmp_path,
     *,
     expected_output_shape=None,
-    run_export=True,
     run_mixed_precision=True,
     run_jit_compile=True,
     atol=1e-6,
@@ -65,17 +67,16 @@ def run_layer_test(
             them for a layer called on a list.
         tmp_path: a directory for the saved files (pytest's `tmp_path`).
         expected_output_shape: if given, the eager output shape.
-        run_export: run the SavedModel check (4).
         run_mixed_precision: run the `mixed_float16` check (5).
         run_jit_compile: run the XLA check (6).
-        atol: tolerance of the export and XLA comparisons.
+        atol: tolerance of the XLA comparison.
     """
     keras.utils.set_random_seed(0)
     layer = layer_cls(**init_kwargs)
     _check_config(layer_cls, layer, init_kwargs)
 
     data = make_inputs(input_shape)
-    eager_output = np.asarray(layer(data))
+    eager_output = to_numpy(layer(data))
     if expected_output_shape is not None:
         assert eager_output.shape == tuple(expected_output_shape)
     data_format = getattr(layer, "data_format", "channels_last")
@@ -84,11 +85,9 @@ def run_layer_test(
     model = _functional_model(
         layer_cls(**init_kwargs), _dynamic_shapes(input_shape, data_format)
     )
-    reference = np.asarray(model(data, training=False))
+    reference = to_numpy(model(data, training=False))
 
     _check_keras_file(model, data, reference, tmp_path)
-    if run_export:
-        check_export(model, data, reference, tmp_path, atol)
     _check_fit(model, data, reference)
     if run_mixed_precision:
         _check_mixed_precision(layer_cls, init_kwargs, input_shape, data)
@@ -96,6 +95,48 @@ def run_layer_test(
         _check_jit_compile(
             layer_cls, init_kwargs, input_shape, data_format, data, atol
         )
+
+
+def run_export_test(layer_cls, init_kwargs, input_shape, tmp_path, atol=1e-6):
+    """Check 4: a model holding the layer, with `None` spatial sizes,
+    exported with `model.export()` and served by `tf.saved_model.load`
+    in a process that never imports keras_fusion, gives its outputs."""
+    keras.utils.set_random_seed(0)
+    layer = layer_cls(**init_kwargs)
+    data_format = getattr(layer, "data_format", "channels_last")
+    model = _functional_model(layer, _dynamic_shapes(input_shape, data_format))
+    data = make_inputs(input_shape)
+    reference = to_numpy(model(data, training=False))
+    check_export(model, data, reference, tmp_path, atol)
+
+
+def float16_kernels_run(rank, data_format, pooling=False):
+    """Whether plain Keras convolutions (and average pooling) of this rank
+    and data format run in `mixed_float16` on this machine.
+
+    TensorFlow's CPU kernels have no float16 NCHW convolution and no
+    float16 AvgPool3D, so the mixed-precision check of such configurations
+    is skipped there: plain Keras layers fail the same way.
+    """
+    dims = rank - 2
+    layers = [getattr(keras.layers, f"Conv{dims}D")]
+    if pooling:
+        layers.append(getattr(keras.layers, f"AveragePooling{dims}D"))
+    shape = (
+        (1, 2, *[2] * dims)
+        if data_format == "channels_first"
+        else (1, *[2] * dims, 2)
+    )
+    try:
+        for layer_cls in layers:
+            args = (1, 1) if "Conv" in layer_cls.__name__ else (1,)
+            layer = layer_cls(
+                *args, data_format=data_format, dtype="mixed_float16"
+            )
+            keras.ops.convert_to_numpy(layer(np.zeros(shape, "float32")))
+    except Exception:  # noqa: BLE001 - any backend's "no such kernel"
+        return False
+    return True
 
 
 def _is_multi(input_shape):
@@ -187,7 +228,7 @@ def _check_keras_file(model, data, reference, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(
-        np.asarray(loaded(data, training=False)), reference
+        to_numpy(loaded(data, training=False)), reference
     )
 
 
@@ -237,7 +278,7 @@ def _check_jit_compile(
     model = _functional_model(
         layer_cls(**init_kwargs), _dynamic_shapes(input_shape, data_format)
     )
-    eager = np.asarray(model(data, training=False))
+    eager = to_numpy(model(data, training=False))
     model.compile(jit_compile=True)
     compiled = model.predict_on_batch(data)
     np.testing.assert_allclose(compiled, eager, rtol=0, atol=atol)

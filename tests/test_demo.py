@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import pytest
 
 from keras_fusion import demo
@@ -19,6 +20,10 @@ def _run_demo(*args, cwd):
     )
 
 
+@pytest.mark.backends(
+    "tensorflow",
+    reason="the demo exports a SavedModel and reads TensorFlow's allocator",
+)
 @pytest.mark.slow
 def test_quick_demo_runs_every_step_and_writes_its_artifacts(tmp_path):
     output = tmp_path / "out"
@@ -82,3 +87,9 @@ def test_demo_names_the_extra_when_a_dependency_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(SystemExit, match=r'pip install "keras-fusion\[demo\]"'):
         demo.check_demo_dependencies()
+
+
+def test_demo_names_the_backend_it_needs(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow.*'jax'"):
+        demo.check_backend()

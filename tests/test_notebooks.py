@@ -204,8 +204,29 @@ def test_committed_notebook_shows_the_seed_outputs(name):
     _assert_seed_outputs(name, _read(name))
 
 
+# Notebooks that teach TensorFlow artifacts: TensorFlow's allocator peaks
+# (05) and SavedModel export (06). The others run under every backend.
+TENSORFLOW_NOTEBOOKS = {
+    "05_memory_efficient_densenet.ipynb": "measures TensorFlow's allocator",
+    "06_export.ipynb": "exports and serves a SavedModel",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.backends(
+                "tensorflow", reason=TENSORFLOW_NOTEBOOKS[name]
+            ),
+        )
+        if name in TENSORFLOW_NOTEBOOKS
+        else name
+        for name in NOTEBOOKS
+    ],
+)
 def test_notebook_runs_and_reproduces_the_seeds(name, tmp_path):
     notebook = _read(name)
     files_before = sorted(os.listdir(NOTEBOOKS_DIR))

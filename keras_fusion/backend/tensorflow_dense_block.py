@@ -174,18 +174,14 @@ class _DenseBlockKernel:
             self.block._recompute_count += 1
             c = tf.concat(inputs, axis=-1) if index else inputs[0]
             stats = moments[position[index] : position[index] + 4]
-            bn0 = _BatchNormReLU(
-                c, gamma0, beta0, *stats[:2], layer.bn_0.epsilon
-            )
+            bn0 = _BatchNormReLU(c, gamma0, beta0, *stats[:2], layer.bn_0)
             if kernel1 is not None:
                 b = (
                     stored_b
                     if self.policy == "concat_bn"
                     else (_conv(bn0.outputs, kernel1))
                 )
-                bn1 = _BatchNormReLU(
-                    b, gamma1, beta1, *stats[2:], layer.bn_1.epsilon
-                )
+                bn1 = _BatchNormReLU(b, gamma1, beta1, *stats[2:], layer.bn_1)
                 h2 = bn1.outputs
             else:
                 h2 = bn0.outputs
@@ -218,7 +214,9 @@ def _keras_bn_relu(x, gamma, beta, bn):
     and batch statistics, of `keras.layers.BatchNormalization`."""
     dtype = x.dtype
     x = tf.cast(x, "float32")
-    mean, variance = keras.ops.moments(x, axes=list(range(len(x.shape) - 1)))
+    mean, variance = keras.ops.moments(
+        x, axes=list(range(len(x.shape) - 1)), synchronized=bn.synchronized
+    )
     y = keras.ops.batch_normalization(
         x, mean, variance, axis=-1, offset=beta, scale=gamma, epsilon=bn.epsilon
     )
@@ -234,9 +232,17 @@ class _BatchNormReLU:
     in the forward pass. The gradient is BatchNorm's analytic one (through
     the batch statistics too), in three element-wise passes instead of the
     dozen ops that autodiff of the forward ops runs.
+
+    With a synchronized BatchNorm the statistics are the global batch's, and
+    so are the sums in the gradient with respect to `x` (all-reduced over
+    the replicas, as autodiff through the all-reduce of
+    `keras.ops.moments(synchronized=True)` gives); the gradients of gamma
+    and beta stay per replica, as the optimizer sums them.
     """
 
-    def __init__(self, x, gamma, beta, mean, variance, epsilon):
+    def __init__(self, x, gamma, beta, mean, variance, bn):
+        epsilon = bn.epsilon
+        self.synchronized = bn.synchronized
         self.dtype = x.dtype
         self.x = tf.cast(x, "float32")
         self.gamma = gamma
@@ -262,8 +268,15 @@ class _BatchNormReLU:
         x_hat = (self.x - self.mean) * self.inverse_std
         d_beta = tf.reduce_sum(d_y, axes)
         d_gamma = tf.reduce_sum(d_y * x_hat, axes)
+        sum_d_y, sum_d_y_x_hat = d_beta, d_gamma
+        replica = tf.distribute.get_replica_context()
+        if self.synchronized and replica is not None:
+            total = tf.distribute.ReduceOp.SUM
+            sum_d_y = replica.all_reduce(total, d_beta)
+            sum_d_y_x_hat = replica.all_reduce(total, d_gamma)
+            count = replica.all_reduce(total, count)
         d_x = (self.gamma * self.inverse_std) * (
-            d_y - (d_beta + x_hat * d_gamma) / count
+            d_y - (sum_d_y + x_hat * sum_d_y_x_hat) / count
         )
         return tf.cast(d_x, self.dtype), d_gamma, d_beta
 

@@ -4,6 +4,7 @@ from keras import ops
 from keras_fusion.ops.shapes import channel_axis
 from keras_fusion.ops.shapes import check_feature_map_shape
 from keras_fusion.ops.shapes import check_positive_int
+from keras_fusion.ops.shapes import check_synchronized
 from keras_fusion.ops.shapes import standardize_data_format
 
 _POLICIES = {True: "full", "full": "full", "concat_bn": "concat_bn"}
@@ -39,8 +40,10 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
       time added.
     - `recompute=False`: the plain block, storing everything.
 
-    Recomputation happens only in training mode, with the TensorFlow
-    backend; inference (and so `model.export()`) runs the plain block.
+    Recomputation happens only in training mode, with every backend
+    (TensorFlow: a custom gradient; JAX and PyTorch: `keras.remat` around
+    pure per-layer functions); inference (and so `model.export()`) runs the
+    plain block.
 
     Example:
 
@@ -67,6 +70,10 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         kernel_initializer: initializer of the convolution kernels.
         kernel_regularizer: regularizer of the convolution kernels.
         seed: seed of the dropout masks.
+        synchronized: with the TensorFlow backend under a `tf.distribute`
+            strategy, compute BatchNorm's batch statistics over the global
+            batch (all replicas), as
+            `keras.layers.BatchNormalization(synchronized=True)` does.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Input shape:
@@ -96,6 +103,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
         seed=None,
+        synchronized=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,13 +123,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
                 "`recompute` should be one of 'full' (or True), 'concat_bn' "
                 f"or False. Received: recompute={recompute!r}"
             )
-        if recompute is not False and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "`recompute` is implemented for the TensorFlow backend only; "
-                "pass recompute=False to use the plain block. Received: "
-                f"recompute={recompute!r} with the "
-                f"{keras.backend.backend()!r} backend"
-            )
+        check_synchronized(synchronized)
         if not isinstance(epsilon, (int, float)) or epsilon <= 0:
             raise ValueError(
                 f"`epsilon` should be a positive float. Received: "
@@ -144,6 +146,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.seed = seed
+        self.synchronized = synchronized
         self._recompute_count = 0
 
     def build(self, input_shape):
@@ -163,13 +166,16 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if training and self.recompute_policy and self.trainable:
-            # Imported here: the module exists for the TensorFlow backend,
-            # the only one `__init__` accepts with `recompute`.
-            from keras_fusion.backend.tensorflow_dense_block import (
-                recomputing_dense_block,
-            )
+            if keras.backend.backend() == "tensorflow":
+                # Imported here: the module needs TensorFlow.
+                from keras_fusion.backend import tensorflow_dense_block
 
-            return recomputing_dense_block(self, inputs)
+                return tensorflow_dense_block.recomputing_dense_block(
+                    self, inputs
+                )
+            from keras_fusion.backend import remat_dense_block
+
+            return remat_dense_block.recomputing_dense_block(self, inputs)
         axis = channel_axis(len(inputs.shape), self.data_format)
         features = [inputs]
         for parts in self.dense_layers:
@@ -214,6 +220,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
                     self.kernel_regularizer
                 ),
                 "seed": self.seed,
+                "synchronized": self.synchronized,
             }
         )
         return config
@@ -236,6 +243,7 @@ class _DenseLayerParts:
             "axis": axis,
             "epsilon": block.epsilon,
             "momentum": block.momentum,
+            "synchronized": block.synchronized,
             **common,
         }
         prefix = f"block{index}"

@@ -6,6 +6,7 @@ from keras import ops
 from keras_fusion.ops.cropping import crop_to_smallest
 from keras_fusion.ops.padding import pad_to_largest
 from keras_fusion.ops.shapes import check_fusion_input_shapes
+from keras_fusion.ops.shapes import check_synchronized
 from keras_fusion.ops.shapes import common_channel_count
 from keras_fusion.ops.shapes import common_spatial_shape
 from keras_fusion.ops.shapes import largest_spatial_shape
@@ -134,6 +135,11 @@ class FusionSelector(keras.layers.Layer):
         data_format: `"channels_last"` or `"channels_first"`, the ordering
             of the dimensions in the inputs. Defaults to
             `keras.config.image_data_format()`.
+        synchronized: with `bn_before_concat`, the TensorFlow backend and a
+            `tf.distribute` strategy, compute BatchNorm's batch statistics
+            over the global batch, as
+            `keras.layers.BatchNormalization(synchronized=True)` does.
+            Defaults to `False`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Input shape:
@@ -168,6 +174,7 @@ class FusionSelector(keras.layers.Layer):
         kernel_regularizer=None,
         axis=None,
         data_format=None,
+        synchronized=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -241,6 +248,7 @@ class FusionSelector(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.axis = validate_axis_argument(axis)
         self.data_format = standardize_data_format(data_format)
+        self.synchronized = check_synchronized(synchronized)
 
     def build(self, input_shape):
         output_shape = self.compute_output_shape(input_shape)
@@ -268,6 +276,7 @@ class FusionSelector(keras.layers.Layer):
                     axis=self._channel_axis,
                     momentum=self.momentum,
                     epsilon=self.bn_epsilon,
+                    synchronized=self.synchronized,
                     dtype=self.dtype_policy,
                     name=f"bn_{index}",
                 )
@@ -413,6 +422,7 @@ class FusionSelector(keras.layers.Layer):
                 ),
                 "axis": self.axis,
                 "data_format": self.data_format,
+                "synchronized": self.synchronized,
             }
         )
         return config

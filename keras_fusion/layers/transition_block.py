@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_fusion.ops.shapes import channel_axis
 from keras_fusion.ops.shapes import check_feature_map_shape
+from keras_fusion.ops.shapes import check_synchronized
 from keras_fusion.ops.shapes import standardize_data_format
 
 _CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
@@ -41,6 +42,9 @@ class TransitionBlock(keras.layers.Layer):
             `keras.config.image_data_format()`.
         kernel_initializer: initializer of the convolution kernel.
         kernel_regularizer: regularizer of the convolution kernel.
+        synchronized: with the TensorFlow backend under a `tf.distribute`
+            strategy, compute BatchNorm's batch statistics over the global
+            batch, as `keras.layers.BatchNormalization(synchronized=True)`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Input shape:
@@ -62,6 +66,7 @@ class TransitionBlock(keras.layers.Layer):
         data_format=None,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
+        synchronized=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +85,7 @@ class TransitionBlock(keras.layers.Layer):
         self.data_format = standardize_data_format(data_format)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.synchronized = check_synchronized(synchronized)
 
     def build(self, input_shape):
         rank, axis, channels = check_feature_map_shape(
@@ -90,6 +96,7 @@ class TransitionBlock(keras.layers.Layer):
             axis=axis,
             epsilon=self.epsilon,
             momentum=self.momentum,
+            synchronized=self.synchronized,
             dtype=self.dtype_policy,
             name="bn",
         )
@@ -140,6 +147,7 @@ class TransitionBlock(keras.layers.Layer):
                 "kernel_regularizer": keras.regularizers.serialize(
                     self.kernel_regularizer
                 ),
+                "synchronized": self.synchronized,
             }
         )
         return config

@@ -10,6 +10,7 @@ import keras
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.transition_block import TransitionBlock
 from keras_fusion.ops.shapes import check_positive_int
+from keras_fusion.ops.shapes import check_synchronized
 from keras_fusion.ops.shapes import standardize_data_format
 
 _BN_EPSILON = 1.001e-5
@@ -31,12 +32,13 @@ def DenseNet121(
     recompute=True,
     dropout_rate=0.0,
     data_format=None,
+    synchronized=False,
     name="densenet121",
 ):
     """DenseNet-121 on memory-efficient dense blocks.
 
     The arguments and weights of `keras.applications.DenseNet121`, plus
-    `recompute` and `dropout_rate` (see `DenseNet`).
+    `recompute`, `dropout_rate` and `synchronized` (see `DenseNet`).
 
     Example:
 
@@ -57,6 +59,7 @@ def DenseNet121(
         recompute=recompute,
         dropout_rate=dropout_rate,
         data_format=data_format,
+        synchronized=synchronized,
         name=name,
     )
 
@@ -72,6 +75,7 @@ def DenseNet169(
     recompute=True,
     dropout_rate=0.0,
     data_format=None,
+    synchronized=False,
     name="densenet169",
 ):
     """DenseNet-169 on memory-efficient dense blocks; see `DenseNet121`."""
@@ -87,6 +91,7 @@ def DenseNet169(
         recompute=recompute,
         dropout_rate=dropout_rate,
         data_format=data_format,
+        synchronized=synchronized,
         name=name,
     )
 
@@ -102,6 +107,7 @@ def DenseNet201(
     recompute=True,
     dropout_rate=0.0,
     data_format=None,
+    synchronized=False,
     name="densenet201",
 ):
     """DenseNet-201 on memory-efficient dense blocks; see `DenseNet121`."""
@@ -117,6 +123,7 @@ def DenseNet201(
         recompute=recompute,
         dropout_rate=dropout_rate,
         data_format=data_format,
+        synchronized=synchronized,
         name=name,
     )
 
@@ -132,6 +139,7 @@ def DenseNet264(
     recompute=True,
     dropout_rate=0.0,
     data_format=None,
+    synchronized=False,
     name="densenet264",
 ):
     """DenseNet-264 (blocks of 6, 12, 64 and 48 layers), the depth Pleiss et
@@ -150,6 +158,7 @@ def DenseNet264(
         recompute=recompute,
         dropout_rate=dropout_rate,
         data_format=data_format,
+        synchronized=synchronized,
         name=name,
     )
 
@@ -167,6 +176,7 @@ def DenseNet(
     dropout_rate=0.0,
     growth_rate=32,
     data_format=None,
+    synchronized=False,
     name="densenet",
 ):
     """An ImageNet DenseNet on memory-efficient dense blocks.
@@ -201,12 +211,16 @@ def DenseNet(
             -264).
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
+        synchronized: BatchNorm statistics over all replicas of a
+            `tf.distribute` strategy (TensorFlow backend), on every
+            BatchNormalization of the model.
         name: the model's name.
 
     Returns:
         A `keras.Model`.
     """
     data_format = standardize_data_format(data_format)
+    check_synchronized(synchronized)
     blocks = tuple(blocks)
     if len(blocks) != 4:
         raise ValueError(
@@ -245,7 +259,10 @@ def DenseNet(
         name="conv1_conv",
     )(x)
     x = keras.layers.BatchNormalization(
-        axis=bn_axis, epsilon=_BN_EPSILON, name="conv1_bn"
+        axis=bn_axis,
+        epsilon=_BN_EPSILON,
+        synchronized=synchronized,
+        name="conv1_bn",
     )(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), data_format=data_format)(x)
@@ -260,6 +277,7 @@ def DenseNet(
             recompute=recompute,
             epsilon=_BN_EPSILON,
             data_format=data_format,
+            synchronized=synchronized,
             name=f"conv{index + 2}",
         )(x)
         if index < len(blocks) - 1:
@@ -267,10 +285,11 @@ def DenseNet(
                 0.5,
                 epsilon=_BN_EPSILON,
                 data_format=data_format,
+                synchronized=synchronized,
                 name=f"pool{index + 2}",
             )(x)
     x = keras.layers.BatchNormalization(
-        axis=bn_axis, epsilon=_BN_EPSILON, name="bn"
+        axis=bn_axis, epsilon=_BN_EPSILON, synchronized=synchronized, name="bn"
     )(x)
     x = keras.layers.Activation("relu", name="relu")(x)
     x = _head(
@@ -297,6 +316,7 @@ def DenseNetBC(
     dropout_rate=0.0,
     bn_momentum=0.99,
     data_format=None,
+    synchronized=False,
     name=None,
 ):
     """The DenseNet of the DenseNet paper's CIFAR experiments.
@@ -336,6 +356,9 @@ def DenseNetBC(
             statistics (Keras's 0.99 by default; the paper's Torch
             momentum of 0.1 is 0.9 here, which suits short trainings).
         data_format: `"channels_last"` or `"channels_first"`.
+        synchronized: BatchNorm statistics over all replicas of a
+            `tf.distribute` strategy (TensorFlow backend), on every
+            BatchNormalization of the model.
         name: the model's name; defaults to e.g. `"densenet_bc_100_k12"`.
 
     Returns:
@@ -343,6 +366,7 @@ def DenseNetBC(
         and transitions `transition1`, `transition2`.
     """
     data_format = standardize_data_format(data_format)
+    check_synchronized(synchronized)
     check_positive_int(depth, "depth")
     check_positive_int(growth_rate, "growth_rate")
     convs_per_layer = 2 if bottleneck else 1
@@ -379,6 +403,7 @@ def DenseNetBC(
             recompute=recompute,
             momentum=bn_momentum,
             data_format=data_format,
+            synchronized=synchronized,
             name=f"block{index + 1}",
         )(x)
         if index < 2:
@@ -386,11 +411,13 @@ def DenseNetBC(
                 compression,
                 momentum=bn_momentum,
                 data_format=data_format,
+                synchronized=synchronized,
                 name=f"transition{index + 1}",
             )(x)
     x = keras.layers.BatchNormalization(
         axis=1 if data_format == "channels_first" else -1,
         momentum=bn_momentum,
+        synchronized=synchronized,
         name="bn",
     )(x)
     x = keras.layers.Activation("relu", name="relu")(x)

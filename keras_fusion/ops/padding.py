@@ -38,12 +38,8 @@ def center_pad(x, size, data_format=None):
     >>> y = center_pad(x, (5, 4))
     >>> tuple(y.shape)
     (1, 5, 4, 1)
-    >>> np.asarray(y)[0, :, :, 0]
-    array([[0, 0, 0, 0],
-           [1, 2, 3, 0],
-           [4, 5, 6, 0],
-           [7, 8, 9, 0],
-           [0, 0, 0, 0]])
+    >>> np.asarray(y)[0, :, :, 0].tolist()
+    [[0, 0, 0, 0], [1, 2, 3, 0], [4, 5, 6, 0], [7, 8, 9, 0], [0, 0, 0, 0]]
 
     Args:
         x: a 3D, 4D or 5D feature map (batch, 1-3 spatial dimensions,

@@ -51,6 +51,27 @@ def check_positive_int(value, name):
     return value
 
 
+def check_synchronized(synchronized):
+    """Check a layer's `synchronized` argument (BatchNorm across replicas).
+
+    It maps to `keras.layers.BatchNormalization(synchronized=...)`, which
+    only the TensorFlow backend supports.
+    """
+    if not isinstance(synchronized, bool):
+        raise TypeError(
+            "`synchronized` should be a bool. "
+            f"Received: synchronized={synchronized!r}"
+        )
+    if synchronized and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "`synchronized=True` (BatchNormalization statistics over all "
+            "replicas of a tf.distribute strategy) needs the TensorFlow "
+            "backend. Received: synchronized=True with the "
+            f"{keras.backend.backend()!r} backend"
+        )
+    return synchronized
+
+
 def validate_axis_argument(axis):
     """Check the type of a layer's `axis` argument in its constructor."""
     if axis is None:

@@ -2,5 +2,12 @@
 
 from keras_fusion.utils.export import serve_in_fresh_process
 from keras_fusion.utils.memory import measure_step
+from keras_fusion.utils.memory import saved_residual_bytes
+from keras_fusion.utils.memory import saved_residuals
 
-__all__ = ["measure_step", "serve_in_fresh_process"]
+__all__ = [
+    "measure_step",
+    "saved_residual_bytes",
+    "saved_residuals",
+    "serve_in_fresh_process",
+]

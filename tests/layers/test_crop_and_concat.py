@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 
 from keras_fusion import CropAndConcat
+from tests.backend_utils import tensorflow_only
+from tests.backend_utils import to_numpy
 from tests.layer_test_case import make_inputs
+from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 
 
@@ -25,7 +28,7 @@ def numpy_crop_and_concat(arrays, data_format="channels_last"):
     return np.concatenate(cropped, axis=channel)
 
 
-@pytest.mark.parametrize(
+LAYER_CASES = pytest.mark.parametrize(
     "input_shape, data_format, expected",
     [
         ([(2, 11, 3), (2, 8, 2)], "channels_last", (2, 8, 5)),
@@ -40,6 +43,9 @@ def numpy_crop_and_concat(arrays, data_format="channels_last"):
     ],
     ids=["1d", "2d", "3d-three-inputs", "2d-channels-first", "3d-ch-first"],
 )
+
+
+@LAYER_CASES
 def test_layer_checks(input_shape, data_format, expected, tmp_path):
     run_layer_test(
         CropAndConcat,
@@ -47,6 +53,14 @@ def test_layer_checks(input_shape, data_format, expected, tmp_path):
         input_shape,
         tmp_path,
         expected_output_shape=expected,
+    )
+
+
+@tensorflow_only
+@LAYER_CASES
+def test_saved_model_export(input_shape, data_format, expected, tmp_path):
+    run_export_test(
+        CropAndConcat, {"data_format": data_format}, input_shape, tmp_path
     )
 
 
@@ -66,7 +80,7 @@ def test_matches_numpy_reference(shapes, data_format):
     arrays = make_inputs(shapes, seed=3)
     output = CropAndConcat(data_format=data_format)(arrays)
     np.testing.assert_array_equal(
-        np.asarray(output), numpy_crop_and_concat(arrays, data_format)
+        to_numpy(output), numpy_crop_and_concat(arrays, data_format)
     )
 
 
@@ -80,8 +94,8 @@ def test_matches_cropping2d_and_concatenate_wired_by_hand():
         [skip_in, up_in], keras.layers.Concatenate()([cropped, up_in])
     )
     np.testing.assert_array_equal(
-        np.asarray(CropAndConcat()([skip, up])),
-        np.asarray(by_hand([skip, up])),
+        to_numpy(CropAndConcat()([skip, up])),
+        to_numpy(by_hand([skip, up])),
     )
 
 
@@ -92,14 +106,14 @@ def test_crop_keeps_documented_rows(size, target, first, last):
     rows = np.arange(size, dtype="float32").reshape((1, size, 1, 1))
     rows = np.broadcast_to(rows, (1, size, target, 1))
     other = np.zeros((1, target, target, 1), dtype="float32")
-    output = np.asarray(CropAndConcat()([rows, other]))
+    output = to_numpy(CropAndConcat()([rows, other]))
     kept = output[0, :, 0, 0]
     np.testing.assert_array_equal(kept, np.arange(first, last + 1))
 
 
 def test_equal_sizes_pass_through_uncropped():
     a, b = make_inputs([(2, 7, 5, 3), (2, 7, 5, 2)], seed=7)
-    output = np.asarray(CropAndConcat()([a, b]))
+    output = to_numpy(CropAndConcat()([a, b]))
     np.testing.assert_array_equal(output, np.concatenate([a, b], axis=-1))
 
 
@@ -115,7 +129,7 @@ def test_none_spatial_sizes_crop_from_runtime_shapes():
     ):
         arrays = make_inputs(shapes, seed=11)
         np.testing.assert_array_equal(
-            np.asarray(model(arrays)), numpy_crop_and_concat(arrays)
+            to_numpy(model(arrays)), numpy_crop_and_concat(arrays)
         )
 
 
@@ -128,15 +142,13 @@ def test_compute_output_shape_keeps_none_it_cannot_know():
 def test_explicit_channel_axis_is_accepted():
     a, b = make_inputs([(2, 3, 9, 8), (2, 2, 7, 8)], seed=2)
     np.testing.assert_array_equal(
-        np.asarray(CropAndConcat(axis=1, data_format="channels_first")([a, b])),
-        np.asarray(
-            CropAndConcat(axis=-3, data_format="channels_first")([a, b])
-        ),
+        to_numpy(CropAndConcat(axis=1, data_format="channels_first")([a, b])),
+        to_numpy(CropAndConcat(axis=-3, data_format="channels_first")([a, b])),
     )
     c, d = make_inputs([(2, 9, 8, 3), (2, 7, 8, 2)], seed=2)
     np.testing.assert_array_equal(
-        np.asarray(CropAndConcat(axis=3)([c, d])),
-        np.asarray(CropAndConcat(axis=-1)([c, d])),
+        to_numpy(CropAndConcat(axis=3)([c, d])),
+        to_numpy(CropAndConcat(axis=-1)([c, d])),
     )
 
 
@@ -220,6 +232,6 @@ def test_default_data_format_follows_keras_config():
     assert layer.data_format == "channels_first"
     a, b = make_inputs([(1, 2, 9, 9), (1, 3, 7, 7)], seed=4)
     np.testing.assert_array_equal(
-        np.asarray(layer([a, b])),
+        to_numpy(layer([a, b])),
         numpy_crop_and_concat([a, b], "channels_first"),
     )

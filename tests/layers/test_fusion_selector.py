@@ -3,11 +3,15 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_fusion import CropAndConcat
 from keras_fusion import FusionSelector
+from tests.backend_utils import tensorflow_only
+from tests.backend_utils import to_numpy
+from tests.backend_utils import value_and_grads
+from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
+from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 
 
@@ -31,7 +35,7 @@ def numpy_weighted_add(arrays, weights, epsilon=1e-4, channel_axis=-1):
     return numerator / (sum(weights) + epsilon)
 
 
-@pytest.mark.parametrize(
+LAYER_CASES = pytest.mark.parametrize(
     "init_kwargs, input_shape, expected",
     [
         ({"mode": "add"}, [(2, 9, 8, 4), (2, 9, 8, 4)], (2, 9, 8, 4)),
@@ -99,6 +103,9 @@ def numpy_weighted_add(arrays, weights, epsilon=1e-4, channel_axis=-1):
         "weighted-add-projection-pad-1d",
     ],
 )
+
+
+@LAYER_CASES
 def test_layer_checks(init_kwargs, input_shape, expected, tmp_path):
     run_layer_test(
         FusionSelector,
@@ -110,21 +117,39 @@ def test_layer_checks(init_kwargs, input_shape, expected, tmp_path):
     )
 
 
+@tensorflow_only
+@LAYER_CASES
+def test_saved_model_export(init_kwargs, input_shape, expected, tmp_path):
+    run_export_test(FusionSelector, init_kwargs, input_shape, tmp_path, 1e-5)
+
+
+PROJECTION_CHANNELS_FIRST = {
+    "mode": "weighted_add",
+    "projection": 3,
+    "align": "crop",
+    "data_format": "channels_first",
+}
+
+
 def test_layer_checks_projection_channels_first(tmp_path):
-    # TensorFlow has no float16 NCHW convolution on CPU, so the
-    # mixed-precision check fails for keras.layers.Conv2D itself there.
     run_layer_test(
         FusionSelector,
-        {
-            "mode": "weighted_add",
-            "projection": 3,
-            "align": "crop",
-            "data_format": "channels_first",
-        },
+        PROJECTION_CHANNELS_FIRST,
         [(2, 5, 9, 8), (2, 3, 7, 8)],
         tmp_path,
         expected_output_shape=(2, 3, 7, 8),
-        run_mixed_precision=False,
+        run_mixed_precision=float16_kernels_run(4, "channels_first"),
+        atol=1e-5,
+    )
+
+
+@tensorflow_only
+def test_saved_model_export_projection_channels_first(tmp_path):
+    run_export_test(
+        FusionSelector,
+        PROJECTION_CHANNELS_FIRST,
+        [(2, 5, 9, 8), (2, 3, 7, 8)],
+        tmp_path,
         atol=1e-5,
     )
 
@@ -141,8 +166,8 @@ def test_add_matches_keras_add(shapes, data_format):
     arrays = make_inputs(shapes, seed=1)
     output = FusionSelector(mode="add", data_format=data_format)(arrays)
     np.testing.assert_allclose(
-        np.asarray(output),
-        np.asarray(keras.layers.Add()(arrays)),
+        to_numpy(output),
+        to_numpy(keras.layers.Add()(arrays)),
         rtol=0,
         atol=1e-6,
     )
@@ -160,8 +185,8 @@ def test_concat_matches_keras_concatenate(shapes, data_format, axis):
     arrays = make_inputs(shapes, seed=2)
     output = FusionSelector(mode="concat", data_format=data_format)(arrays)
     np.testing.assert_array_equal(
-        np.asarray(output),
-        np.asarray(keras.layers.Concatenate(axis=axis)(arrays)),
+        to_numpy(output),
+        to_numpy(keras.layers.Concatenate(axis=axis)(arrays)),
     )
 
 
@@ -171,7 +196,7 @@ def reference_bn_concat(batch_norms, arrays, training):
         bn(x, training=training)
         for bn, x in zip(batch_norms, arrays, strict=True)
     ]
-    return np.asarray(keras.layers.Concatenate()(normalized))
+    return to_numpy(keras.layers.Concatenate()(normalized))
 
 
 def _bn_layers_with_shared_initial_state(shapes, momentum):
@@ -223,7 +248,7 @@ def test_bn_before_concat_matches_bn_then_concatenate_in_training():
         output = layer(arrays, training=True)
         expected = reference_bn_concat(references, arrays, training=True)
         np.testing.assert_allclose(
-            np.asarray(output), expected, rtol=0, atol=1e-5
+            to_numpy(output), expected, rtol=0, atol=1e-5
         )
         # Equal moving statistics after each step: updated exactly once
         # per step, each from its own input.
@@ -231,8 +256,8 @@ def test_bn_before_concat_matches_bn_then_concatenate_in_training():
             variables = sublayer_variables(layer, f"bn_{index}")
             for name in ("moving_mean", "moving_variance"):
                 np.testing.assert_allclose(
-                    np.asarray(variables[name]),
-                    np.asarray(getattr(reference, name)),
+                    to_numpy(variables[name]),
+                    to_numpy(getattr(reference, name)),
                     rtol=0,
                     atol=1e-5,
                 )
@@ -244,10 +269,10 @@ def test_bn_before_concat_matches_bn_then_concatenate_in_inference():
     arrays = _batches(shapes, 0)
     expected = reference_bn_concat(references, arrays, training=False)
     np.testing.assert_allclose(
-        np.asarray(layer(arrays, training=False)), expected, rtol=0, atol=1e-5
+        to_numpy(layer(arrays, training=False)), expected, rtol=0, atol=1e-5
     )
     np.testing.assert_allclose(
-        np.asarray(layer(arrays)), expected, rtol=0, atol=1e-5
+        to_numpy(layer(arrays)), expected, rtol=0, atol=1e-5
     )
 
 
@@ -288,7 +313,7 @@ def test_bn_before_concat_fit_steps_match_bn_then_concatenate():
             model.weights, reference_model.weights, strict=True
         ):
             np.testing.assert_allclose(
-                np.asarray(weight), np.asarray(reference), rtol=0, atol=1e-5
+                to_numpy(weight), to_numpy(reference), rtol=0, atol=1e-5
             )
 
 
@@ -331,7 +356,7 @@ def test_weighted_add_matches_numpy_formula(weights, data_format):
     layer.fusion_weights.assign(weights)
     channel_axis = 1 if data_format == "channels_first" else -1
     np.testing.assert_allclose(
-        np.asarray(layer(arrays)),
+        to_numpy(layer(arrays)),
         numpy_weighted_add(arrays, weights, channel_axis=channel_axis),
         rtol=0,
         atol=1e-5,
@@ -349,22 +374,21 @@ def test_weighted_add_weights_start_at_one(weight_per_channel, expected_shape):
     assert layer.fusion_weights.shape == expected_shape
     assert layer.fusion_weights.trainable
     np.testing.assert_array_equal(
-        np.asarray(layer.fusion_weights), np.ones(expected_shape)
+        to_numpy(layer.fusion_weights), np.ones(expected_shape)
     )
 
 
 def test_weighted_add_weights_receive_gradients():
-    arrays = [tf.constant(a) for a in make_inputs([(2, 4, 4, 3)] * 3, seed=8)]
+    arrays = make_inputs([(2, 4, 4, 3)] * 3, seed=8)
     weights = np.array([0.5, 2.0, -1.0], dtype="float32")
     layer = FusionSelector(mode="weighted_add")
     layer.build([tuple(a.shape) for a in arrays])
     layer.fusion_weights.assign(weights)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(arrays))
-    gradient = tape.gradient(loss, layer.fusion_weights).numpy()
+    _, grads = value_and_grads(layer, arrays, loss_fn=keras.ops.sum)
+    (gradient,) = grads[1:]
     # d/dw_j of sum(sum_i w_i x_i / (S + eps)), S = sum of positive w_i,
     # for w_j > 0; relu stops the gradient of the negative weight.
-    totals = np.array([a.numpy().sum() for a in arrays], dtype="float64")
+    totals = np.array([a.sum() for a in arrays], dtype="float64")
     positive = np.maximum(weights, 0)
     denominator = positive.sum() + 1e-4
     expected = totals / denominator - positive @ totals / denominator**2
@@ -393,8 +417,8 @@ def test_add_then_conv_equals_concat_then_conv_with_repeated_kernel(
         [np.concatenate([kernel] * num_inputs, axis=2), bias]
     )
     np.testing.assert_allclose(
-        np.asarray(conv_after_add(FusionSelector(mode="add")(arrays))),
-        np.asarray(conv_after_concat(FusionSelector(mode="concat")(arrays))),
+        to_numpy(conv_after_add(FusionSelector(mode="add")(arrays))),
+        to_numpy(conv_after_concat(FusionSelector(mode="concat")(arrays))),
         rtol=0,
         atol=1e-5,
     )
@@ -420,8 +444,8 @@ def test_conv_after_concat_has_n_times_the_parameters_of_conv_after_add(
 def test_align_crop_concat_matches_crop_and_concat():
     arrays = make_inputs([(2, 13, 10, 3), (2, 9, 12, 4), (2, 11, 11, 2)])
     np.testing.assert_array_equal(
-        np.asarray(FusionSelector(mode="concat", align="crop")(arrays)),
-        np.asarray(CropAndConcat()(arrays)),
+        to_numpy(FusionSelector(mode="concat", align="crop")(arrays)),
+        to_numpy(CropAndConcat()(arrays)),
     )
 
 
@@ -446,7 +470,7 @@ def test_align_pad_add_matches_zero_padding2d_then_add(data_format):
     output = FusionSelector(mode="add", align="pad", data_format=data_format)(
         [small_rows, small_cols]
     )
-    np.testing.assert_array_equal(np.asarray(output), np.asarray(expected))
+    np.testing.assert_array_equal(to_numpy(output), to_numpy(expected))
 
 
 @pytest.mark.parametrize("align", ["crop", "pad"])
@@ -459,22 +483,22 @@ def test_align_with_none_spatial_sizes_uses_runtime_shapes(align):
     for shapes in ([(1, 10, 7, 2), (1, 8, 9, 2)], [(2, 5, 5, 2), (2, 6, 4, 2)]):
         arrays = make_inputs(shapes, seed=9)
         np.testing.assert_array_equal(
-            np.asarray(model(arrays)), np.asarray(reference(arrays))
+            to_numpy(model(arrays)), to_numpy(reference(arrays))
         )
 
 
 def test_projection_applies_a_1x1_convolution_to_mismatched_inputs_only():
     arrays = make_inputs([(2, 5, 5, 6), (2, 5, 5, 4), (2, 5, 5, 3)], seed=7)
     layer = FusionSelector(mode="add", projection=4)
-    output = np.asarray(layer(arrays))
+    output = to_numpy(layer(arrays))
     assert sublayer_variables(layer, "projection_1") == {}
     projected = []
     for index in (0, 2):
         variables = sublayer_variables(layer, f"projection_{index}")
-        kernel = np.asarray(variables["kernel"])
+        kernel = to_numpy(variables["kernel"])
         assert kernel.shape == (1, 1, arrays[index].shape[-1], 4)
         projected.append(
-            arrays[index] @ kernel[0, 0] + np.asarray(variables["bias"])
+            arrays[index] @ kernel[0, 0] + to_numpy(variables["bias"])
         )
     np.testing.assert_allclose(
         output, projected[0] + arrays[1] + projected[1], rtol=0, atol=1e-5
@@ -484,8 +508,8 @@ def test_projection_applies_a_1x1_convolution_to_mismatched_inputs_only():
 def test_projection_convolutions_draw_different_kernels():
     layer = FusionSelector(mode="add", projection=4)
     layer.build([(None, 5, 5, 6), (None, 5, 5, 6)])
-    first = np.asarray(sublayer_variables(layer, "projection_0")["kernel"])
-    second = np.asarray(sublayer_variables(layer, "projection_1")["kernel"])
+    first = to_numpy(sublayer_variables(layer, "projection_0")["kernel"])
+    second = to_numpy(sublayer_variables(layer, "projection_1")["kernel"])
     assert not np.allclose(first, second)
 
 
@@ -498,7 +522,7 @@ def test_projection_happens_before_padding():
     )
     layer.build([small.shape, large.shape])
     sublayer_variables(layer, "projection_0")["bias"].assign(np.ones(4))
-    output = np.asarray(layer([small, large]))
+    output = to_numpy(layer([small, large]))
     np.testing.assert_allclose(output[:, 0], large[:, 0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(
         output[:, 1:6, 1:6],
@@ -555,8 +579,8 @@ def test_switching_a_saved_models_fusion_is_a_config_edit(tmp_path):
     arrays = make_inputs([(2, 6, 6, 3), (2, 6, 6, 3)], seed=1)
     assert switched.output_shape == (None, 6)
     np.testing.assert_allclose(
-        np.asarray(switched(arrays)),
-        np.asarray(
+        to_numpy(switched(arrays)),
+        to_numpy(
             keras.layers.GlobalAveragePooling2D()(
                 FusionSelector(mode="concat", bn_before_concat=True)(arrays)
             )
@@ -595,7 +619,7 @@ def test_trained_state_survives_a_keras_file(init_kwargs, shapes, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(
-        np.asarray(loaded(arrays)), np.asarray(model(arrays))
+        to_numpy(loaded(arrays)), to_numpy(model(arrays))
     )
 
 
@@ -649,9 +673,7 @@ def test_layer_without_weights_can_be_reused_on_more_inputs(mode):
     three = make_inputs([(1, 4, 4, 2)] * 3)
     layer(two)
     reference = FusionSelector(mode=mode)(three)
-    np.testing.assert_array_equal(
-        np.asarray(layer(three)), np.asarray(reference)
-    )
+    np.testing.assert_array_equal(to_numpy(layer(three)), to_numpy(reference))
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,14 @@ import numpy as np
 import pytest
 
 from keras_fusion import TransitionBlock
+from tests.backend_utils import tensorflow_only
+from tests.backend_utils import to_numpy
+from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
+from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 
-
-@pytest.mark.parametrize(
+LAYER_CASES = pytest.mark.parametrize(
     "input_shape, kwargs, expected",
     [
         ((2, 8, 8, 10), {}, (2, 4, 4, 5)),
@@ -17,6 +20,9 @@ from tests.layer_test_case import run_layer_test
     ],
     ids=["2d", "1d", "3d", "channels-first"],
 )
+
+
+@LAYER_CASES
 def test_layer_checks(input_shape, kwargs, expected, tmp_path):
     run_layer_test(
         TransitionBlock,
@@ -25,11 +31,18 @@ def test_layer_checks(input_shape, kwargs, expected, tmp_path):
         tmp_path,
         expected_output_shape=expected,
         atol=1e-5,
-        # TensorFlow's CPU kernels have no float16 NCHW convolution and no
-        # float16 AvgPool3D: plain Keras layers fail there the same way.
-        run_mixed_precision=kwargs.get("data_format") != "channels_first"
-        and len(input_shape) != 5,
+        run_mixed_precision=float16_kernels_run(
+            len(input_shape),
+            kwargs.get("data_format", "channels_last"),
+            pooling=True,
+        ),
     )
+
+
+@tensorflow_only
+@LAYER_CASES
+def test_saved_model_export(input_shape, kwargs, expected, tmp_path):
+    run_export_test(TransitionBlock, kwargs, input_shape, tmp_path, atol=1e-5)
 
 
 def test_matches_keras_applications_transition_block():
@@ -44,8 +57,8 @@ def test_matches_keras_applications_transition_block():
     data = make_inputs((3, 8, 8, 10), seed=1)
     for training in (False, True):
         np.testing.assert_allclose(
-            np.asarray(layer(data, training=training)),
-            np.asarray(reference(data, training=training)),
+            to_numpy(layer(data, training=training)),
+            to_numpy(reference(data, training=training)),
             rtol=1e-5,
             atol=1e-6,
         )

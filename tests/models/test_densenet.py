@@ -4,7 +4,6 @@ import h5py
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_fusion import MemoryEfficientDenseBlock
 from keras_fusion import TransitionBlock
@@ -14,9 +13,12 @@ from keras_fusion.models import DenseNet201
 from keras_fusion.models import DenseNet264
 from keras_fusion.models import DenseNetBC
 from keras_fusion.models import from_keras_application
+from tests.backend_utils import tensorflow_only
+from tests.backend_utils import to_numpy
+from tests.backend_utils import value_and_grads
 from tests.layer_test_case import check_export
 
-SHAPE = (64, 64, 3)
+SHAPE = (32, 32, 3)
 
 
 def _randomized(model, seed=0):
@@ -33,7 +35,7 @@ def _randomized(model, seed=0):
 
 @pytest.fixture(scope="module")
 def source():
-    """keras.applications.DenseNet121 with random weights, 64x64 inputs."""
+    """keras.applications.DenseNet121 with random weights, 32x32 inputs."""
     model = keras.applications.DenseNet121(
         weights=None, input_shape=SHAPE, classes=10
     )
@@ -45,13 +47,13 @@ def images():
     return np.random.default_rng(1).normal(size=(4, *SHAPE)).astype("float32")
 
 
+def _class_weighted_sum(y):
+    return keras.ops.sum(y * keras.ops.arange(10, dtype=y.dtype))
+
+
 def _training_step(model, x):
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        y = model(x, training=True)
-        loss = tf.reduce_sum(y * tf.range(10, dtype=y.dtype))
-    grads = tape.gradient(loss, model.trainable_weights)
-    return y.numpy(), [g.numpy() for g in grads]
+    y, grads = value_and_grads(model, x, loss_fn=_class_weighted_sum)
+    return y, grads[1:]
 
 
 @pytest.mark.parametrize(
@@ -86,8 +88,8 @@ def test_converted_model_predicts_as_keras_applications(
 ):
     ours = from_keras_application(source, recompute=recompute)
     np.testing.assert_allclose(
-        np.asarray(ours(images, training=False)),
-        np.asarray(source(images, training=False)),
+        to_numpy(ours(images, training=False)),
+        to_numpy(source(images, training=False)),
         rtol=0,
         atol=1e-5,
     )
@@ -121,7 +123,7 @@ def test_keras_applications_weights_file_loads_through_the_mapping(
     source.save_weights(path)
     ours = DenseNet121(weights=path, input_shape=SHAPE, classes=10)
     np.testing.assert_allclose(
-        np.asarray(ours(images)), np.asarray(source(images)), atol=1e-5
+        to_numpy(ours(images)), to_numpy(source(images)), atol=1e-5
     )
 
 
@@ -142,7 +144,7 @@ def test_legacy_h5_weights_file_loads_through_the_mapping(
         weights=path, include_top=False, input_shape=SHAPE, pooling=None
     )
     np.testing.assert_allclose(
-        np.asarray(ours(images)), np.asarray(notop(images)), atol=1e-5
+        to_numpy(ours(images)), to_numpy(notop(images)), atol=1e-5
     )
 
 
@@ -161,7 +163,7 @@ def test_imagenet_weights_come_from_keras_applications(
     assert not calls[0]["include_top"]
     features = keras.Model(source.input, source.get_layer("relu").output)
     np.testing.assert_allclose(
-        np.asarray(ours(images)), np.asarray(features(images)), atol=1e-5
+        to_numpy(ours(images)), to_numpy(features(images)), atol=1e-5
     )
 
 
@@ -171,16 +173,17 @@ def test_own_weights_file_round_trips(source, images, tmp_path):
     ours.save_weights(path)
     reloaded = DenseNet121(weights=path, input_shape=SHAPE, classes=10)
     np.testing.assert_array_equal(
-        np.asarray(reloaded(images)), np.asarray(ours(images))
+        to_numpy(reloaded(images)), to_numpy(ours(images))
     )
 
 
+@tensorflow_only
 @pytest.mark.slow
 def test_converted_model_export_serves_without_keras_fusion(
     source, images, tmp_path
 ):
     ours = from_keras_application(source)
-    reference = np.asarray(source(images, training=False))
+    reference = to_numpy(source(images, training=False))
     check_export(ours, images, reference, tmp_path, atol=1e-5)
 
 
@@ -194,8 +197,8 @@ def test_channels_first_model_matches_channels_last(source, images):
     )
     first.set_weights(ours.get_weights())
     np.testing.assert_allclose(
-        np.asarray(first(np.transpose(images, (0, 3, 1, 2)))),
-        np.asarray(ours(images)),
+        to_numpy(first(np.transpose(images, (0, 3, 1, 2)))),
+        to_numpy(ours(images)),
         atol=1e-5,
     )
 

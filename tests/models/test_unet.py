@@ -5,6 +5,7 @@ import pytest
 from keras_fusion import CropAndConcat
 from keras_fusion.models import UNet
 from keras_fusion.models import unet_level_sizes
+from tests.backend_utils import to_numpy
 
 # Ronneberger et al. (2015), Fig. 1: the spatial size after each pair of
 # valid 3x3 convolutions, and the size each skip connection is cropped to.
@@ -70,7 +71,7 @@ def test_unet_with_unknown_sizes_matches_static_one():
     dynamic.set_weights(static.get_weights())
     image = np.random.default_rng(1).random((2, 188, 188, 1), "float32")
     np.testing.assert_allclose(
-        np.asarray(dynamic(image)), np.asarray(static(image)), atol=1e-6
+        to_numpy(dynamic(image)), to_numpy(static(image)), atol=1e-6
     )
     assert dynamic(image).shape == (2, 4, 4, 2)
 
@@ -82,8 +83,8 @@ def test_unet_channels_first_matches_channels_last():
     )
     first.set_weights(last.get_weights())
     image = np.random.default_rng(2).random((1, 188, 188, 1), "float32")
-    expected = np.asarray(last(image))
-    actual = np.asarray(first(np.transpose(image, (0, 3, 1, 2))))
+    expected = to_numpy(last(image))
+    actual = to_numpy(first(np.transpose(image, (0, 3, 1, 2))))
     np.testing.assert_allclose(
         np.transpose(actual, (0, 2, 3, 1)), expected, atol=1e-5
     )

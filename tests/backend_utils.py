@@ -1,0 +1,117 @@
+"""Gradients and training steps written once for every Keras backend.
+
+The tests compare a layer against a reference through `value_and_grads`,
+which runs the layer in training mode, differentiates a loss with the
+backend's own autodiff (`tf.GradientTape`, `jax.value_and_grad` of
+`stateless_call`, `torch.autograd`) and leaves the layer's non-trainable
+state (BatchNorm moving statistics, dropout seeds) updated, as an eager
+TensorFlow step would.
+"""
+
+import keras
+import pytest
+from keras import ops
+
+BACKEND = keras.backend.backend()
+
+tensorflow_only = pytest.mark.backends(
+    "tensorflow", reason="about a TensorFlow artifact or API"
+)
+
+
+def to_numpy(value):
+    """A tensor, variable or array as a NumPy array, on every backend
+    (`np.asarray` fails on PyTorch tensors that require gradients)."""
+    return keras.ops.convert_to_numpy(value)
+
+
+def weighted_loss(y):
+    """A loss whose gradient differs per element, unlike a plain sum."""
+    y = ops.cast(y, "float32")
+    return ops.sum(y * ops.sin(y))
+
+
+def value_and_grads(layer, x, loss_fn=weighted_loss, jit_compile=False):
+    """`(outputs, [d_x, *d_trainable_variables])` as NumPy arrays.
+
+    `x` is one array or a list of arrays (then `d_x` is a list too). With
+    `jit_compile`, the TensorFlow step runs under
+    `tf.function(jit_compile=True)`; JAX steps are always `jax.jit`ted.
+    """
+    if BACKEND == "tensorflow":
+        return _tensorflow(layer, x, loss_fn, jit_compile)
+    if BACKEND == "jax":
+        return _jax(layer, x, loss_fn, jit_compile)
+    if BACKEND == "torch":
+        if jit_compile:
+            pytest.skip("no jit_compile training step with PyTorch here")
+        return _torch(layer, x, loss_fn)
+    raise NotImplementedError(BACKEND)
+
+
+def _numpy(value):
+    if isinstance(value, (list, tuple)):
+        return [_numpy(v) for v in value]
+    return keras.ops.convert_to_numpy(value)
+
+
+def _tensorflow(layer, x, loss_fn, jit_compile):
+    import tensorflow as tf
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = loss_fn(y)
+        return y, tape.gradient(loss, [x, *layer.trainable_variables])
+
+    if jit_compile:
+        step = tf.function(step, jit_compile=True)
+    x = tf.nest.map_structure(tf.constant, x)
+    y, grads = step(x)
+    return _numpy(y), _numpy(grads)
+
+
+def _jax(layer, x, loss_fn, jit_compile):
+    # Always jitted, as JAX training steps are: un-jitted, JAX dispatches
+    # (and compiles) the ops of a rematerialised function one by one, which
+    # takes minutes for a small block. `jit_compile` changes nothing here.
+    import jax
+
+    del jit_compile
+    if not layer.built:
+        layer(x, training=False)  # builds it; inference changes no state
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss(x, trainable, non_trainable):
+        y, new_state = layer.stateless_call(
+            trainable, non_trainable, x, training=True
+        )
+        return loss_fn(y), (y, new_state)
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, (y, new_state)), (d_x, d_trainable) = step(x, trainable, non_trainable)
+    for variable, value in zip(
+        layer.non_trainable_variables, new_state, strict=True
+    ):
+        variable.assign(value)
+    return _numpy(y), [_numpy(d_x), *_numpy(d_trainable)]
+
+
+def _torch(layer, x, loss_fn):
+    import torch
+
+    def leaf(array):
+        return torch.tensor(to_numpy(array), requires_grad=True)
+
+    x = [leaf(a) for a in x] if isinstance(x, (list, tuple)) else leaf(x)
+    if not layer.built:
+        layer(x, training=False)
+    for variable in layer.trainable_variables:
+        variable.value.grad = None
+    y = layer(x, training=True)
+    loss_fn(y).backward()
+    d_x = [a.grad for a in x] if isinstance(x, list) else x.grad
+    grads = [d_x, *(v.value.grad for v in layer.trainable_variables)]
+    return _numpy(y.detach()), _numpy(grads)

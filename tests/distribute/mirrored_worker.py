@@ -1,0 +1,166 @@
+"""Training runs under `tf.distribute.MirroredStrategy`, in a fresh process.
+
+Two logical CPU devices can only be configured before TensorFlow starts, so
+`test_mirrored_strategy.py` runs this module with `python -m` and reads the
+JSON it prints: for each model and setting, the loss of each of 3 training
+steps (global batch 8), the BatchNorm moving statistics and the weights
+after them.
+
+    python -m tests.distribute.mirrored_worker
+"""
+
+import json
+import os
+
+os.environ["KERAS_BACKEND"] = "tensorflow"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_fusion import FusionSelector  # noqa: E402
+from keras_fusion import MemoryEfficientDenseBlock  # noqa: E402
+from keras_fusion.models import DenseNet  # noqa: E402
+from keras_fusion.models import DenseNetBC  # noqa: E402
+
+GLOBAL_BATCH = 8
+STEPS = 3
+CLASSES = 4
+
+
+def _head(x):
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.layers.Dense(CLASSES, activation="softmax")(x)
+
+
+def _dense_block_model(synchronized, recompute):
+    inputs = keras.Input((8, 8, 6))
+    x = MemoryEfficientDenseBlock(
+        3, 4, recompute=recompute, synchronized=synchronized, name="block"
+    )(inputs)
+    return keras.Model(inputs, _head(x))
+
+
+def _fusion_selector_model(synchronized):
+    inputs = keras.Input((8, 8, 6))
+    a = keras.layers.Conv2D(5, 3, padding="same")(inputs)
+    b = keras.layers.Conv2D(3, 1)(inputs)
+    x = FusionSelector(
+        mode="concat",
+        bn_before_concat=True,
+        synchronized=synchronized,
+        name="fusion",
+    )([a, b])
+    return keras.Model(inputs, _head(x))
+
+
+MODELS = {
+    "dense_block_full": (
+        lambda s: _dense_block_model(s, "full"),
+        (8, 8, 6),
+    ),
+    "dense_block_concat_bn": (
+        lambda s: _dense_block_model(s, "concat_bn"),
+        (8, 8, 6),
+    ),
+    "fusion_selector": (_fusion_selector_model, (8, 8, 6)),
+    "densenet": (
+        lambda s: DenseNet(
+            (1, 2, 1, 1),
+            growth_rate=8,
+            weights=None,
+            input_shape=(32, 32, 3),
+            classes=CLASSES,
+            synchronized=s,
+        ),
+        (32, 32, 3),
+    ),
+    "densenet_bc": (
+        lambda s: DenseNetBC(
+            depth=16,
+            growth_rate=4,
+            input_shape=(16, 16, 3),
+            classes=CLASSES,
+            synchronized=s,
+        ),
+        (16, 16, 3),
+    ),
+}
+
+
+# Also trained without `synchronized`, to show that it matters (one model per
+# layer that creates BatchNormalizations).
+UNSYNCHRONIZED = ("dense_block_full", "fusion_selector", "densenet_bc")
+
+
+def _data(shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((GLOBAL_BATCH * STEPS, *shape)).astype("float32")
+    # The two replicas' halves of each batch have different means, so that
+    # per-replica BatchNorm statistics differ from the global batch's.
+    for start in range(0, len(x), GLOBAL_BATCH):
+        x[start : start + GLOBAL_BATCH // 2] += 1.5
+    y = rng.integers(0, CLASSES, len(x))
+    return x, y
+
+
+def _train(name, synchronized, strategy, initial_weights):
+    build, shape = MODELS[name]
+    with strategy.scope():
+        model = build(synchronized)
+        model.set_weights(initial_weights)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss="sparse_categorical_crossentropy",
+        )
+    x, y = _data(shape)
+    running_means = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: running_means.append(
+            float(logs["loss"])
+        )
+    )
+    model.fit(
+        x,
+        y,
+        batch_size=GLOBAL_BATCH,
+        shuffle=False,
+        callbacks=[record],
+        verbose=0,
+    )
+    # The logs hold the epoch's running mean; step k's own loss is
+    # k * mean_k - (k - 1) * mean_(k-1).
+    losses = [
+        (k + 1) * mean - k * (running_means[k - 1] if k else 0.0)
+        for k, mean in enumerate(running_means)
+    ]
+    moving = {
+        v.path: np.asarray(v).tolist()
+        for v in model.non_trainable_variables
+        if "moving" in v.path
+    }
+    weights = [np.asarray(w).tolist() for w in model.get_weights()]
+    return {"losses": losses, "moving": moving, "weights": weights}
+
+
+def main():
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    results = {"replicas": two.num_replicas_in_sync}
+    for name, (build, _) in MODELS.items():
+        keras.utils.set_random_seed(0)
+        initial = build(False).get_weights()
+        results[f"{name}/2/True"] = _train(name, True, two, initial)
+        if name in UNSYNCHRONIZED:
+            results[f"{name}/2/False"] = _train(name, False, two, initial)
+        results[f"{name}/1"] = _train(name, False, one, initial)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
