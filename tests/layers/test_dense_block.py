@@ -263,7 +263,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-        from keras_fusion import MemoryEfficientDenseBlock
+    import tensorflow as tf
+    from keras_fusion import MemoryEfficientDenseBlock
 
     block = MemoryEfficientDenseBlock(12, 12, recompute=sys.argv[1] if
         sys.argv[1] != "False" else False)
