@@ -111,7 +111,7 @@ def _train(name, synchronized, strategy, initial_weights):
         model = build(synchronized)
         model.set_weights(initial_weights)
         model.compile(
-            optimizer=keras.optimizers.SGD(0.1),
+            optimizer=keras.optimizers.SGD(0.01),
             loss="sparse_categorical_crossentropy",
         )
     x, y = _data(shape)
