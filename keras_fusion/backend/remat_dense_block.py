@@ -81,14 +81,18 @@ class _DenseLayerFunction:
         self.backend = keras.backend.backend()
 
     def __call__(self, features, weights):
-        if self.policy == "full" and self.backend == "jax":
+        # Without a bottleneck there is no 1x1 output to keep: "concat_bn"
+        # is "full" (as in the TensorFlow kernel), or the BatchNorm-ReLU
+        # output of the whole concatenation would be kept per layer.
+        full = self.policy == "full" or self.parts.conv_1 is None
+        if full and self.backend == "jax":
             # Dropout inside the rematerialised function, from a seed drawn
             # once outside it: the recomputation draws the same mask.
             seed = None
             if self.parts.dropout is not None:
                 seed = self.parts.dropout.seed_generator.next()
             return keras.remat(self._whole_layer)(features, weights, seed)
-        if self.policy == "full":
+        if full:
             # PyTorch's random ops take no seed tensor: the dropout sublayer
             # runs after the rematerialised function, once, and autograd
             # keeps its mask (`growth_rate` channels, like the features).

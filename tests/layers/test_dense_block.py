@@ -298,12 +298,18 @@ def _training_peak(recompute):
 
 
 @pytest.mark.backends("jax", reason="counts the residuals jax.checkpoint saves")
-@pytest.mark.parametrize("policy", POLICIES)
-def test_jax_saves_fewer_residuals_and_linear_in_depth(policy):
+@pytest.mark.parametrize(
+    "policy, bottleneck",
+    [("full", 4), ("concat_bn", 4), ("concat_bn", None)],
+    ids=["full", "concat_bn", "concat_bn-no-bottleneck"],
+)
+def test_jax_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
     from keras_fusion.utils import saved_residual_bytes
 
     def residuals(recompute, num_layers):
-        block = MemoryEfficientDenseBlock(num_layers, 6, recompute=recompute)
+        block = MemoryEfficientDenseBlock(
+            num_layers, 6, bottleneck_factor=bottleneck, recompute=recompute
+        )
         return saved_residual_bytes(block, make_inputs((2, 6, 6, 5)))
 
     plain = [residuals(False, n) for n in (4, 8, 16)]
