@@ -2,34 +2,48 @@
 
 Every configuration runs in a fresh Python process, so that one
 configuration's allocations and compiled graphs never count against
-another's. A worker measures one training step's TensorFlow CPU allocator
-peak (`reset_memory_stats` / `get_memory_info("CPU:0")["peak"]`, minus the
-memory in use before the step) and the step times after warm-up.
+another's. A worker measures one training step's allocator peak with
+`keras_fusion.utils.measure_step` (`reset_memory_stats` /
+`get_memory_info(...)["peak"]`, minus the memory in use before the step)
+and the step times after warm-up. The process is started by
+`keras_fusion.utils.measure_in_fresh_process`, which turns oneDNN on there:
+on a CPU only oneDNN's allocator keeps statistics (see
+`keras_fusion/utils/memory.py`).
 """
 
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
+from keras_fusion.utils import AllocatorStatsUnavailableError
+from keras_fusion.utils import measure_in_fresh_process
 
-def run_worker(module, args, timeout=1800):
-    """Run `python -m module --worker *args`; return its JSON result."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-m", module, "--worker", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"worker {module} {args} failed:\n{result.stderr[-4000:]}"
-        )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+
+
+def run_worker(worker, args, timeout=1800):
+    """`worker(*args)` in a fresh process; its JSON result.
+
+    Exits with a one-line message if TensorFlow keeps no allocator
+    statistics on this machine.
+    """
+    try:
+        return measure_in_fresh_process(worker, *args, timeout=timeout)
+    except AllocatorStatsUnavailableError as error:
+        sys.exit(f"benchmark stopped: {error}")
+
+
+def allocators(runs):
+    """The allocators the runs measured, for the table's header: e.g.
+    "oneDNN CPU allocator on CPU:0, oneDNN on"."""
+    names = {
+        f"{run['allocator']} on {run['device']}, oneDNN "
+        f"{'on' if run['onednn'] else 'off'}"
+        for run in runs
+    }
+    return "; ".join(sorted(names))
 
 
 def environment():
@@ -64,11 +78,10 @@ def environment():
     }
 
 
-def write_results(name, header_lines, table_lines, data):
-    """Print the table and write it (and the raw data) to results/."""
+def write_results(name, header_lines, table_lines, data, directory):
+    """Print the table and write it (and the raw data) to `directory`."""
     text = "\n".join([*header_lines, "", *table_lines, ""])
     print(text)
-    directory = os.path.join(os.path.dirname(__file__), "results")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, f"{name}.md"), "w") as f:
         f.write(text)

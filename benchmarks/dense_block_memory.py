@@ -15,19 +15,25 @@ allocator peak of one step (minus the memory in use before it) and the
 median time of `--repeats` further steps. Implementations run alternately,
 `--rounds` times, and the table reports the median over rounds, so that
 drifts in machine speed hit all of them alike. Results go to
-`benchmarks/results/dense_block_memory.{md,json}`.
+`benchmarks/results/dense_block_memory.{md,json}` (`--results-dir` picks
+another directory, for trial runs).
+
+The peak is read from TensorFlow's allocator statistics, in a process
+started by `keras_fusion.utils.measure_in_fresh_process` with oneDNN on:
+on a CPU only oneDNN's allocator keeps them (`keras_fusion/utils/memory.py`
+says why); the table's header names the allocator measured.
 """
 
 import argparse
-import json
 import statistics
 
+from benchmarks.common import RESULTS_DIR
+from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import run_worker
 from benchmarks.common import write_results
 from keras_fusion.utils import measure_step
 
-MODULE = "benchmarks.dense_block_memory"
 IMPLEMENTATIONS = ("baseline", "full", "concat_bn")
 GROWTH_RATE = 12
 CHANNELS = 24
@@ -85,17 +91,17 @@ def worker(implementation, num_layers, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "L", "REPEATS"))
     parser.add_argument(
         "--layers", type=int, nargs="+", default=[8, 16, 32, 64]
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--results-dir",
+        default=RESULTS_DIR,
+        help="where the tables go (default: benchmarks/results)",
+    )
     args = parser.parse_args()
-    if args.worker:
-        implementation, num_layers, repeats = args.worker
-        print(json.dumps(worker(implementation, int(num_layers), int(repeats))))
-        return
 
     runs = {}
     for num_layers in args.layers:
@@ -107,7 +113,7 @@ def main():
             )
             for implementation in order:
                 result = run_worker(
-                    MODULE, [implementation, num_layers, args.repeats]
+                    worker, [implementation, num_layers, args.repeats]
                 )
                 runs.setdefault((implementation, num_layers), []).append(result)
                 print(
@@ -119,7 +125,13 @@ def main():
 
     env = environment()
     rows = []
-    data = {"environment": env, "config": vars(args), "results": []}
+    measured = allocators(run for group in runs.values() for run in group)
+    data = {
+        "environment": env,
+        "allocator": measured,
+        "config": vars(args),
+        "results": [],
+    }
     for num_layers in args.layers:
         base = runs[("baseline", num_layers)]
         base_peak = statistics.median(r["peak_bytes"] for r in base)
@@ -170,7 +182,10 @@ def main():
         f"- growth rate {GROWTH_RATE}, {CHANNELS} input channels, "
         f"{SIZE}x{SIZE}, batch {BATCH}, float32; one tf.function step "
         "(forward, gradients, SGD update)",
-        "- peak: TensorFlow CPU allocator peak of one step minus memory in "
+        f"- allocator: {measured} (TensorFlow's allocator statistics, "
+        "read in a fresh process per configuration with "
+        "TF_ENABLE_ONEDNN_OPTS=1)",
+        "- peak: allocator peak of one step minus memory in "
         "use before it, median over "
         f"{args.rounds} rounds (fresh process each); time: median of "
         f"{args.repeats} steps after warm-up; ratios against the baseline "
@@ -189,7 +204,7 @@ def main():
             "|---|---|",
             *scaling,
         ]
-    write_results("dense_block_memory", header, table, data)
+    write_results("dense_block_memory", header, table, data, args.results_dir)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ out the function's arguments (weights and input), which exist anyway. The
 count is exact: it depends on the traced program, not on timing. Each
 configuration runs in a fresh process, which also times `--repeats` jitted
 training steps (forward and gradients) after a warm-up and reports their
-median. Results go to `benchmarks/results/dense_block_residuals.{md,json}`.
+median. Results go to `benchmarks/results/dense_block_residuals.{md,json}`
+(`--results-dir` picks another directory, for trial runs).
 """
 
 import os
@@ -22,15 +23,14 @@ import os
 os.environ["KERAS_BACKEND"] = "jax"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+from benchmarks.common import RESULTS_DIR  # noqa: E402
 from benchmarks.common import environment  # noqa: E402
 from benchmarks.common import run_worker  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 
-MODULE = "benchmarks.dense_block_residuals"
 IMPLEMENTATIONS = ("plain", "full", "concat_bn")
 GROWTH_RATE = 12
 CHANNELS = 24
@@ -90,22 +90,22 @@ def worker(implementation, num_layers, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "L", "REPEATS"))
     parser.add_argument(
         "--layers", type=int, nargs="+", default=[8, 16, 32, 64]
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--results-dir",
+        default=RESULTS_DIR,
+        help="where the tables go (default: benchmarks/results)",
+    )
     args = parser.parse_args()
-    if args.worker:
-        implementation, num_layers, repeats = args.worker
-        print(json.dumps(worker(implementation, int(num_layers), int(repeats))))
-        return
 
     results = {}
     for num_layers in args.layers:
         for implementation in IMPLEMENTATIONS:
             result = run_worker(
-                MODULE, [implementation, num_layers, args.repeats]
+                worker, [implementation, num_layers, args.repeats]
             )
             results[(implementation, num_layers)] = result
             print(
@@ -178,7 +178,9 @@ def main():
         "|---|" + "---|" * len(spans),
         *growth,
     ]
-    write_results("dense_block_residuals", header, table, data)
+    write_results(
+        "dense_block_residuals", header, table, data, args.results_dir
+    )
 
 
 if __name__ == "__main__":

@@ -10,20 +10,22 @@ classes, one `tf.function` training step (forward, gradients, SGD update)
 in a fresh subprocess per configuration, measured as in
 `benchmarks.dense_block_memory`. The DenseNet-121 configurations run
 alternately `--rounds` times; the deeper ones once. Writes
-`benchmarks/results/densenet_memory.{md,json,png}`.
+`benchmarks/results/densenet_memory.{md,json,png}` (`--results-dir` picks
+another directory, for trial runs); the table's header names the allocator
+measured.
 """
 
 import argparse
-import json
 import os
 import statistics
 
+from benchmarks.common import RESULTS_DIR
+from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import run_worker
 from benchmarks.common import write_results
 from keras_fusion.utils import measure_step
 
-MODULE = "benchmarks.densenet_memory"
 BLOCKS = {
     121: (6, 12, 24, 16),
     169: (6, 12, 32, 32),
@@ -114,14 +116,14 @@ def plot(results, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "DEPTH", "N"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--results-dir",
+        default=RESULTS_DIR,
+        help="where the table and figure go (default: benchmarks/results)",
+    )
     args = parser.parse_args()
-    if args.worker:
-        implementation, depth, repeats = args.worker
-        print(json.dumps(worker(implementation, int(depth), int(repeats))))
-        return
 
     plan = []
     compared = ("keras.applications", "full", "concat_bn")
@@ -132,7 +134,7 @@ def main():
         plan += [("keras.applications", depth), ("full", depth)]
     runs = {}
     for implementation, depth in plan:
-        result = run_worker(MODULE, [implementation, depth, args.repeats])
+        result = run_worker(worker, [implementation, depth, args.repeats])
         runs.setdefault((implementation, depth), []).append(result)
         print(
             f"DenseNet-{depth} {implementation}: "
@@ -142,6 +144,7 @@ def main():
         )
 
     env = environment()
+    measured = allocators(run for group in runs.values() for run in group)
     base = runs[("keras.applications", 121)]
     results = []
     rows = []
@@ -183,7 +186,10 @@ def main():
         f"- {SIZE}x{SIZE}x3 inputs, batch {BATCH}, {CLASSES} classes, "
         "float32; one tf.function step (forward, gradients, SGD update), "
         "fresh process per configuration",
-        "- peak: TensorFlow CPU allocator peak of the step minus memory in "
+        f"- allocator: {measured} (TensorFlow's allocator statistics, "
+        "read in a fresh process per configuration with "
+        "TF_ENABLE_ONEDNN_OPTS=1)",
+        "- peak: allocator peak of the step minus memory in "
         f"use before it; time: median of {args.repeats} steps after warm-up; "
         f"DenseNet-121 rows: median over {args.rounds} alternating rounds, "
         "ratios per round",
@@ -195,14 +201,14 @@ def main():
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
-    data = {"environment": env, "config": vars(args), "results": results}
-    write_results("densenet_memory", header, table, data)
-    plot(
-        results,
-        os.path.join(
-            os.path.dirname(__file__), "results", "densenet_memory.png"
-        ),
-    )
+    data = {
+        "environment": env,
+        "allocator": measured,
+        "config": vars(args),
+        "results": results,
+    }
+    write_results("densenet_memory", header, table, data, args.results_dir)
+    plot(results, os.path.join(args.results_dir, "densenet_memory.png"))
 
 
 if __name__ == "__main__":

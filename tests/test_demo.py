@@ -1,6 +1,8 @@
 """`keras-fusion demo`, end to end (`--quick`), and its errors."""
 
+import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -8,15 +10,34 @@ import keras
 import pytest
 
 from keras_fusion import demo
+from tests.backend_utils import tensorflow_only
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "keras-fusion")
+# A line TensorFlow's C++ code logs (`I0000 00:00:... port.cc:153] ...`),
+# or one of its start-up messages however it is formatted.
+TENSORFLOW_LOG_LINE = re.compile(
+    r"^[IWEF]\d{4} |cpu_feature_guard|cuda_platform|cudart_stub|"
+    r"absl::InitializeLog",
+    re.M,
+)
 
 
-def _run_demo(*args, cwd):
+def _environment(**variables):
+    """This environment without TF_CPP_MIN_LOG_LEVEL (which the tests'
+    conftest sets), as a user's shell has it, plus `variables`."""
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return {**env, **variables}
+
+
+def _run_demo(*args, cwd, env=None):
     return subprocess.run(
         [sys.executable, "-m", "keras_fusion", "demo", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
 
 
@@ -26,9 +47,26 @@ def _run_demo(*args, cwd):
 )
 @pytest.mark.slow
 def test_quick_demo_runs_every_step_and_writes_its_artifacts(tmp_path):
+    # As on a CPU without AVX-512, where TensorFlow leaves oneDNN, and with
+    # it the CPU allocator's statistics, off.
     output = tmp_path / "out"
-    result = _run_demo("--quick", "--output", str(output), cwd=tmp_path)
+    result = _run_demo(
+        "--quick",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+        env=_environment(TF_ENABLE_ONEDNN_OPTS="0"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not TENSORFLOW_LOG_LINE.search(result.stdout + result.stderr), (
+        result.stdout + result.stderr
+    )
+    assert re.search(
+        r"^measured with TensorFlow's allocator statistics: the \S.* "
+        r"allocator on (CPU|GPU):\d",
+        result.stdout,
+        re.M,
+    ), result.stdout
     for step in range(1, 5):
         assert f"[step {step}/5]" in result.stdout
     summary = result.stdout.split("\nSummary\n", 1)[1]
@@ -49,20 +87,95 @@ def test_quick_demo_runs_every_step_and_writes_its_artifacts(tmp_path):
 
 
 def test_console_script_is_installed_next_to_python():
-    script = os.path.join(os.path.dirname(sys.executable), "keras-fusion")
-    assert os.path.exists(script)
+    assert os.path.exists(SCRIPT)
     result = subprocess.run(
-        [script, "demo", "--help"], capture_output=True, text=True, timeout=300
+        [SCRIPT, "demo", "--help"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0
     assert "--quick" in result.stdout and "[step" not in result.stdout
     assert "DenseNet-BC" in result.stdout
 
 
+@tensorflow_only
+@pytest.mark.parametrize(
+    "command",
+    [[SCRIPT], [sys.executable, "-m", "keras_fusion"]],
+    ids=["console-script", "python-m"],
+)
+def test_command_keeps_tensorflow_log_lines_off_the_terminal(command):
+    result = subprocess.run(
+        [*command, "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_environment(TF_ENABLE_ONEDNN_OPTS="0"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--quick" in result.stdout
+    output = result.stdout + result.stderr
+    assert not TENSORFLOW_LOG_LINE.search(output), output
+
+
+@tensorflow_only
+def test_command_respects_the_users_tensorflow_log_level():
+    result = subprocess.run(
+        [SCRIPT, "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_environment(TF_CPP_MIN_LOG_LEVEL="0"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^[IWEF]\d{4} ", result.stderr, re.M), result.stderr
+
+
+def test_importing_keras_fusion_leaves_tensorflow_logging_alone():
+    code = (
+        "import os, keras_fusion; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_environment(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] != "3"
+
+
+@tensorflow_only
+@pytest.mark.slow
+def test_memory_step_is_skipped_in_one_line_without_allocator_statistics(
+    monkeypatch, capsys
+):
+    # Measuring processes with oneDNN off keep no CPU allocator statistics,
+    # as on a TensorFlow build without oneDNN.
+    monkeypatch.setattr(
+        demo,
+        "measure_in_fresh_process",
+        functools.partial(
+            demo.measure_in_fresh_process, env={"TF_ENABLE_ONEDNN_OPTS": "0"}
+        ),
+    )
+    settings = {"densenet_depth": 16, "batch": 8}
+    assert demo._memory(settings) == []
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1, printed
+    assert printed[0].startswith("memory step skipped: TensorFlow keeps no")
+    assert "oneDNN" in printed[0]
+
+
 def test_demo_errors_if_output_is_a_file(tmp_path):
     target = tmp_path / "taken"
     target.write_text("")
-    result = _run_demo("--output", str(target), cwd=tmp_path)
+    # On the TensorFlow backend, or the demo stops at the backend check.
+    result = _run_demo(
+        "--output",
+        str(target),
+        cwd=tmp_path,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
     assert result.returncode == 2
     assert "`--output` should be a directory" in result.stderr
     assert "which is a file" in result.stderr
