@@ -8,6 +8,11 @@ constructor arguments and checks, on random data:
    JSON), every constructor argument is in it under its own name, and
    `keras.saving.serialize_keras_object` round-trips without
    `custom_objects`;
+   weights: once built, the layer has the expected numbers of trainable and
+   non-trainable weights, and no two of its freshly initialised kernels of
+   the same shape are equal (`check_distinct_initial_kernels`: a Keras 3
+   initializer without a seed fixes its seed when it is created, so one
+   object shared by several sublayers draws the same kernel for each);
 2. shapes: a symbolic call on `keras.Input` (static sizes, and `None`
    spatial sizes) agrees with `compute_output_shape` and with the eager
    output's shape;
@@ -28,11 +33,14 @@ take inputs with `None` spatial sizes, so the
 layer's run-time shape handling is what gets saved, exported and compiled.
 """
 
+import functools
 import json
 import os
+import re
 
 import keras
 import numpy as np
+import pytest
 
 from keras_fusion.ops.shapes import spatial_axes
 from keras_fusion.utils import serve_in_fresh_process
@@ -53,6 +61,8 @@ def run_layer_test(
     input_shape,
     tmp_path,
     *,
+    expected_num_trainable_weights,
+    expected_num_non_trainable_weights,
     expected_output_shape=None,
     run_mixed_precision=True,
     run_jit_compile=True,
@@ -66,6 +76,10 @@ def run_layer_test(
         input_shape: a full input shape (batch included), or a list of
             them for a layer called on a list.
         tmp_path: a directory for the saved files (pytest's `tmp_path`).
+        expected_num_trainable_weights: the number of trainable weights of
+            the built layer.
+        expected_num_non_trainable_weights: the number of non-trainable
+            weights (BatchNorm moving statistics) of the built layer.
         expected_output_shape: if given, the eager output shape.
         run_mixed_precision: run the `mixed_float16` check (5).
         run_jit_compile: run the XLA check (6).
@@ -77,6 +91,17 @@ def run_layer_test(
 
     data = make_inputs(input_shape)
     eager_output = to_numpy(layer(data))
+    assert len(layer.trainable_weights) == expected_num_trainable_weights, (
+        f"{len(layer.trainable_weights)} trainable weights, expected "
+        f"{expected_num_trainable_weights}"
+    )
+    assert (
+        len(layer.non_trainable_weights) == expected_num_non_trainable_weights
+    ), (
+        f"{len(layer.non_trainable_weights)} non-trainable weights, expected "
+        f"{expected_num_non_trainable_weights}"
+    )
+    check_distinct_initial_kernels(layer)
     if expected_output_shape is not None:
         assert eager_output.shape == tuple(expected_output_shape)
     data_format = getattr(layer, "data_format", "channels_last")
@@ -108,6 +133,82 @@ def run_export_test(layer_cls, init_kwargs, input_shape, tmp_path, atol=1e-6):
     data = make_inputs(input_shape)
     reference = to_numpy(model(data, training=False))
     check_export(model, data, reference, tmp_path, atol)
+
+
+def check_distinct_initial_kernels(layer_or_model):
+    """Assert that no two freshly initialised kernels of the same shape in
+    `layer_or_model` (a built layer or model) are equal.
+
+    Keras 3 initializers without a seed draw their seed when they are
+    created, so one initializer object handed to several sublayers gives
+    each the same kernel; `keras.applications` gives every convolution its
+    own. Kernels are the weights whose name ends in "kernel".
+    """
+    by_shape = {}
+    for variable in layer_or_model.weights:
+        if variable.name.endswith("kernel"):
+            by_shape.setdefault(tuple(variable.shape), []).append(variable)
+    for variables in by_shape.values():
+        values = [to_numpy(v) for v in variables]
+        for i, first in enumerate(values):
+            for j in range(i + 1, len(values)):
+                assert not np.array_equal(first, values[j]), (
+                    f"{variables[i].path} and {variables[j].path} start with "
+                    "the same values: give each sublayer its own initializer"
+                )
+
+
+@functools.cache
+def missing_channels_first_convolution(rank=4):
+    """Why plain Keras convolutions of this rank cannot run
+    `channels_first` (forward and gradient) here, or `None` if they can.
+
+    TensorFlow's CPU kernels have no NCHW `Conv2D` forward
+    ("only supports the NHWC tensor format on the CPU") or filter gradient
+    ("Conv2DCustomBackpropFilterOp only supports NHWC") without oneDNN,
+    which TensorFlow turns on by default only on CPUs with AVX-512, VNNI or
+    AMX. Tests of configurations that need those kernels skip with this
+    message; found by running the kernels, not by reading the CPU model.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    conv = getattr(keras.layers, f"Conv{rank - 2}D")(
+        1, 1, data_format="channels_first"
+    )
+    x = tf.ones((1, 1, *[2] * (rank - 2)))
+    try:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x)
+        tape.gradient(y, [x, *conv.trainable_variables])
+    except tf.errors.OpError as error:
+        # TensorFlow's sentence, without Keras's wrapping and the op's
+        # internal names.
+        text = re.sub(
+            r"\x1b\[\d*m|\{\{[^}]*\}\}|\[Op:\w+\]|name: ",
+            "",
+            error.message,
+        )
+        lines = [line.strip() for line in text.splitlines()]
+        return next(
+            (line for line in lines if "NHWC" in line or "NCHW" in line),
+            " ".join(text.split()),
+        )
+    return None
+
+
+def skip_unless_channels_first_convolution_runs(rank=4):
+    """Skip the calling test where TensorFlow has no `channels_first`
+    convolution kernel (see `missing_channels_first_convolution`)."""
+    reason = missing_channels_first_convolution(rank)
+    if reason is not None:
+        pytest.skip(
+            "needs TensorFlow's channels_first (NCHW) convolution kernels, "
+            "which TensorFlow lacks on this CPU (its kernels without "
+            f"oneDNN): {reason}"
+        )
 
 
 def float16_kernels_run(rank, data_format, pooling=False):

@@ -213,7 +213,7 @@ def _keras_bn_relu(x, gamma, beta, bn):
     """relu(BatchNorm(x)) in training mode with the ops, and so the results
     and batch statistics, of `keras.layers.BatchNormalization`."""
     dtype = x.dtype
-    x = tf.cast(x, "float32")
+    x = tf.cast(x, _statistics_dtype(dtype))
     mean, variance = keras.ops.moments(
         x, axes=list(range(len(x.shape) - 1)), synchronized=bn.synchronized
     )
@@ -244,7 +244,7 @@ class _BatchNormReLU:
         epsilon = bn.epsilon
         self.synchronized = bn.synchronized
         self.dtype = x.dtype
-        self.x = tf.cast(x, "float32")
+        self.x = tf.cast(x, _statistics_dtype(x.dtype))
         self.gamma = gamma
         self.mean = mean
         self.inverse_std = tf.math.rsqrt(variance + epsilon)
@@ -262,9 +262,9 @@ class _BatchNormReLU:
     def backward(self, d_outputs):
         """Gradients with respect to x, gamma and beta."""
         d_y = tf.raw_ops.ReluGrad(gradients=d_outputs, features=self.outputs)
-        d_y = tf.cast(d_y, "float32")
+        d_y = tf.cast(d_y, self.x.dtype)
         axes = list(range(len(self.x.shape) - 1))
-        count = tf.cast(tf.size(d_y) // tf.shape(d_y)[-1], "float32")
+        count = tf.cast(tf.size(d_y) // tf.shape(d_y)[-1], self.x.dtype)
         x_hat = (self.x - self.mean) * self.inverse_std
         d_beta = tf.reduce_sum(d_y, axes)
         d_gamma = tf.reduce_sum(d_y * x_hat, axes)
@@ -279,6 +279,13 @@ class _BatchNormReLU:
             d_y - (sum_d_y + x_hat * sum_d_y_x_hat) / count
         )
         return tf.cast(d_x, self.dtype), d_gamma, d_beta
+
+
+def _statistics_dtype(dtype):
+    """BatchNorm's statistics dtype for inputs of `dtype`: float32 for
+    float16/bfloat16 (as `keras.layers.BatchNormalization` computes them),
+    float64 for float64."""
+    return keras.backend.result_type(dtype, "float32")
 
 
 def _update_moving_statistics(block, batch_moments):

@@ -2,6 +2,8 @@ import keras
 from keras import ops
 
 from keras_fusion.ops.cropping import crop_to_smallest
+from keras_fusion.ops.masking import check_masks
+from keras_fusion.ops.masking import fuse_masks
 from keras_fusion.ops.shapes import check_fusion_input_shapes
 from keras_fusion.ops.shapes import resolve_channel_axis
 from keras_fusion.ops.shapes import smallest_spatial_shape
@@ -29,6 +31,15 @@ class CropAndConcat(keras.layers.Layer):
     already agree pass through uncropped. Spatial sizes that are `None`
     until run time are cropped using the run-time shapes.
 
+    Keras masks propagate as through `keras.layers.Concatenate`. A mask
+    marks positions, so it has its input's shape without the channel axis,
+    in either data format: `(batch, steps)` for `(batch, steps, channels)`
+    inputs, as after `keras.layers.Masking`, `(batch, height, width)` for
+    images. Each mask is centre-cropped with its input (same offsets), an
+    unmasked input counts as valid everywhere, and a position of the output
+    is valid where any input is valid there. Without masks the output has
+    none.
+
     Example:
 
     >>> import numpy as np
@@ -47,6 +58,19 @@ class CropAndConcat(keras.layers.Layer):
     >>> CropAndConcat()([skip, upsampled]).shape
     (None, None, None, 24)
 
+    The masks of two sequences, the longer one cropped from 6 steps to 4
+    (one step before, one after):
+
+    >>> long = np.zeros((1, 6, 2), dtype="float32")
+    >>> short = np.zeros((1, 4, 3), dtype="float32")
+    >>> long_mask = np.array([[True, True, True, True, False, False]])
+    >>> short_mask = np.array([[True, True, False, False]])
+    >>> mask = CropAndConcat().compute_mask(
+    ...     [long, short], [long_mask, short_mask]
+    ... )
+    >>> keras.ops.convert_to_numpy(mask)
+    array([[ True,  True,  True, False]])
+
     Args:
         axis: the concatenation axis, which must be the channel axis: `-1`
             (or `rank - 1`) for `"channels_last"`, `1` for
@@ -56,6 +80,13 @@ class CropAndConcat(keras.layers.Layer):
             of the dimensions in the inputs. Defaults to
             `keras.config.image_data_format()`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: the list of feature maps.
+        mask: `None` or a list of one boolean mask (or `None`) per input,
+            each of its input's shape without the channel axis. Keras passes
+            the inputs' masks here; a mask of another shape raises a
+            `ValueError`.
 
     Input shape:
         A list of 2 or more tensors of the same rank: 3D
@@ -67,7 +98,8 @@ class CropAndConcat(keras.layers.Layer):
 
     Output shape:
         The inputs' rank, with each spatial dimension the smallest among the
-        inputs and `sum(channels)` channels.
+        inputs and `sum(channels)` channels. The output mask, if any input
+        has one, is the output's shape without the channel axis.
     """
 
     def __init__(self, axis=None, data_format=None, **kwargs):
@@ -83,14 +115,27 @@ class CropAndConcat(keras.layers.Layer):
             self.axis, rank, self.data_format
         )
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):
+        name = self.__class__.__name__
         check_fusion_input_shapes(
-            [tuple(x.shape) for x in inputs],
-            self.data_format,
-            self.__class__.__name__,
+            [tuple(x.shape) for x in inputs], self.data_format, name
         )
+        check_masks(inputs, mask, self._channel_axis, name)
         cropped = crop_to_smallest(inputs, data_format=self.data_format)
         return ops.concatenate(cropped, axis=self._channel_axis)
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None:
+            return None
+        name = self.__class__.__name__
+        rank = check_fusion_input_shapes(
+            [tuple(x.shape) for x in inputs], self.data_format, name
+        )
+        channel = resolve_channel_axis(self.axis, rank, self.data_format)
+        masks = check_masks(inputs, mask, channel, name)
+        if all(m is None for m in masks):
+            return None
+        return fuse_masks(inputs, masks, "crop", self.data_format, channel)
 
     def compute_output_shape(self, input_shape):
         rank = check_fusion_input_shapes(

@@ -4,6 +4,7 @@ from keras import ops
 from keras_fusion.ops.shapes import channel_axis
 from keras_fusion.ops.shapes import check_feature_map_shape
 from keras_fusion.ops.shapes import check_positive_int
+from keras_fusion.ops.shapes import check_real
 from keras_fusion.ops.shapes import check_synchronized
 from keras_fusion.ops.shapes import standardize_data_format
 
@@ -107,33 +108,29 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_int(num_layers, "num_layers")
-        check_positive_int(growth_rate, "growth_rate")
+        num_layers = check_positive_int(num_layers, "num_layers")
+        growth_rate = check_positive_int(growth_rate, "growth_rate")
         if bottleneck_factor is not None:
-            check_positive_int(bottleneck_factor, "bottleneck_factor")
-        if not isinstance(dropout_rate, (int, float)) or not (
-            0 <= dropout_rate < 1
-        ):
-            raise ValueError(
-                "`dropout_rate` should be a float in [0, 1). "
-                f"Received: dropout_rate={dropout_rate!r}"
+            bottleneck_factor = check_positive_int(
+                bottleneck_factor, "bottleneck_factor"
             )
+        dropout_rate = check_real(
+            dropout_rate,
+            "dropout_rate",
+            "a float in [0, 1)",
+            lambda v: 0 <= v < 1,
+        )
         if recompute is not False and recompute not in _POLICIES:
             raise ValueError(
                 "`recompute` should be one of 'full' (or True), 'concat_bn' "
                 f"or False. Received: recompute={recompute!r}"
             )
-        check_synchronized(synchronized)
-        if not isinstance(epsilon, (int, float)) or epsilon <= 0:
-            raise ValueError(
-                f"`epsilon` should be a positive float. Received: "
-                f"epsilon={epsilon!r}"
-            )
-        if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-            raise ValueError(
-                "`momentum` should be a float in [0, 1]. "
-                f"Received: momentum={momentum!r}"
-            )
+        epsilon = check_real(
+            epsilon, "epsilon", "a positive float", lambda v: v > 0
+        )
+        momentum = check_real(
+            momentum, "momentum", "a float in [0, 1]", lambda v: 0 <= v <= 1
+        )
         self.num_layers = num_layers
         self.growth_rate = growth_rate
         self.bottleneck_factor = bottleneck_factor
@@ -146,7 +143,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.seed = seed
-        self.synchronized = synchronized
+        self.synchronized = check_synchronized(synchronized)
         self._recompute_count = 0
 
     def build(self, input_shape):
@@ -235,8 +232,6 @@ class _DenseLayerParts:
         conv_args = {
             "use_bias": False,
             "data_format": block.data_format,
-            "kernel_initializer": block.kernel_initializer,
-            "kernel_regularizer": block.kernel_regularizer,
             **common,
         }
         bn_args = {
@@ -257,6 +252,7 @@ class _DenseLayerParts:
                 1,
                 name=f"{prefix}_1_conv",
                 **conv_args,
+                **_own_kernel_initializer_and_regularizer(block),
             )
             self.bn_1 = keras.layers.BatchNormalization(
                 name=f"{prefix}_1_bn", **bn_args
@@ -267,6 +263,7 @@ class _DenseLayerParts:
             padding="same",
             name=f"{prefix}_2_conv",
             **conv_args,
+            **_own_kernel_initializer_and_regularizer(block),
         )
         self.dropout = None
         if block.dropout_rate:
@@ -290,3 +287,19 @@ class _DenseLayerParts:
             shape = self.conv_1.compute_output_shape(shape)
             self.bn_1.build(shape)
         self.conv_2.build(shape)
+
+
+def _own_kernel_initializer_and_regularizer(block):
+    """A new initializer and regularizer, from the block's configs, for one
+    convolution: a Keras 3 initializer without a seed fixes its seed when
+    it is created, so one object shared by the convolutions would start
+    every same-shaped kernel equal (Keras's own layers with sublayers, such
+    as `MultiHeadAttention`, clone them the same way)."""
+    return {
+        "kernel_initializer": keras.initializers.get(
+            keras.initializers.serialize(block.kernel_initializer)
+        ),
+        "kernel_regularizer": keras.regularizers.get(
+            keras.regularizers.serialize(block.kernel_regularizer)
+        ),
+    }

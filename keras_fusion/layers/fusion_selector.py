@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from keras_fusion.ops.cropping import crop_to_smallest
+from keras_fusion.ops.masking import check_masks
+from keras_fusion.ops.masking import fuse_masks
 from keras_fusion.ops.padding import pad_to_largest
 from keras_fusion.ops.shapes import check_fusion_input_shapes
 from keras_fusion.ops.shapes import check_synchronized
@@ -66,6 +68,29 @@ class FusionSelector(keras.layers.Layer):
     aligned, then fused. Projecting before padding keeps the padded border
     at exactly zero.
 
+    Keras masks propagate as through `keras.layers.Add` and
+    `keras.layers.Concatenate`. A mask marks positions, so it has its
+    input's shape without the channel axis, in either data format:
+    `(batch, steps)` for `(batch, steps, channels)` inputs, as after
+    `keras.layers.Masking`, `(batch, height, width)` for images. Each mask
+    is aligned with its input: centre-cropped with the same offsets
+    (`align="crop"`), or padded with `False` (`align="pad"`), so that the
+    padding of an input is masked out, also for an unmasked input when
+    another input has a mask. A position of the output is valid where any
+    input is valid there. As in Keras, an unmasked input counts as valid
+    everywhere: with `"concat"` the output mask is then `True` wherever
+    that input is not padding, and with `"add"` or `"weighted_add"` without
+    padding the output, like `keras.layers.Add`'s, has no mask. Without
+    masks the output has none.
+
+    With `bn_before_concat=True` each input's mask also goes to its
+    `BatchNormalization`, which then computes the batch statistics of
+    training over the valid positions only, as a `BatchNormalization`
+    applied to the masked input does. Keras's `BatchNormalization` lines a
+    mask up with the leading axes of its input, which is only right with
+    `"channels_last"`, so with `"channels_first"` masked inputs are refused
+    (a `ValueError`).
+
     Example:
 
     >>> import numpy as np
@@ -94,6 +119,18 @@ class FusionSelector(keras.layers.Layer):
     >>> fuse = FusionSelector("weighted_add", align="crop", projection=64)
     >>> fuse([lateral, top_down]).shape
     (None, 33, 33, 64)
+
+    The mask of two sequences added with `align="pad"`: the short one, padded
+    from 2 steps to 4, is masked out where it was padded:
+
+    >>> long = np.zeros((1, 4, 2), dtype="float32")
+    >>> short = np.zeros((1, 2, 2), dtype="float32")
+    >>> long_mask = np.array([[False, False, True, True]])
+    >>> mask = FusionSelector("add", align="pad").compute_mask(
+    ...     [long, short], [long_mask, None]
+    ... )
+    >>> keras.ops.convert_to_numpy(mask)
+    array([[False,  True,  True,  True]])
 
     Args:
         mode: `"concat"` (default), `"add"` or `"weighted_add"`.
@@ -142,6 +179,15 @@ class FusionSelector(keras.layers.Layer):
             Defaults to `False`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
+    Call arguments:
+        inputs: the list of feature maps.
+        training: whether the `BatchNormalization` sublayers
+            (`bn_before_concat`) run in training mode.
+        mask: `None` or a list of one boolean mask (or `None`) per input,
+            each of its input's shape without the channel axis. Keras passes
+            the inputs' masks here; a mask of another shape raises a
+            `ValueError`.
+
     Input shape:
         A list of 2 or more tensors of the same rank: 3D
         `(batch, length, channels)`, 4D `(batch, height, width, channels)`
@@ -157,7 +203,8 @@ class FusionSelector(keras.layers.Layer):
         The inputs' rank, with each spatial dimension the inputs' common
         size (`align=None`), smallest size (`"crop"`) or largest size
         (`"pad"`); `sum(channels)` channels for `"concat"`, otherwise the
-        common channel count (`projection` if it is set).
+        common channel count (`projection` if it is set). The output mask,
+        if there is one, is the output's shape without the channel axis.
     """
 
     def __init__(
@@ -290,15 +337,21 @@ class FusionSelector(keras.layers.Layer):
                     self.projection,
                     1,
                     data_format=self.data_format,
-                    # A fresh initializer per convolution: an unseeded
-                    # instance shared by all would draw equal kernels.
+                    # A fresh initializer and regularizer per convolution:
+                    # an unseeded initializer shared by all would draw equal
+                    # kernels, and shared objects tie the sublayers.
                     kernel_initializer=keras.initializers.serialize(
                         self.kernel_initializer
                     ),
-                    kernel_regularizer=self.kernel_regularizer,
+                    kernel_regularizer=keras.regularizers.serialize(
+                        self.kernel_regularizer
+                    ),
                     dtype=self.dtype_policy,
                     name=f"projection_{index}",
                 )
+                # A 1x1 convolution maps each position on its own, so the
+                # input's mask holds for its output.
+                projection.supports_masking = True
                 projection.build(shape)
             self._projections.append(projection)
         if self.mode == "weighted_add":
@@ -325,15 +378,31 @@ class FusionSelector(keras.layers.Layer):
                 for c in channels
             ]
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         # The run-time shapes may know sizes that were None in build():
         # compute_output_shape holds the shape checks, run them on those.
         self.compute_output_shape([tuple(x.shape) for x in inputs])
+        name = self.__class__.__name__
+        masks = check_masks(inputs, mask, self._channel_axis, name)
         fused = list(inputs)
         if self._batch_norms:
+            masked = [i for i, m in enumerate(masks) if m is not None]
+            if masked and self.data_format == "channels_first":
+                raise ValueError(
+                    "`bn_before_concat=True` does not take masked inputs "
+                    "with data_format='channels_first': "
+                    "keras.layers.BatchNormalization lines a mask up with "
+                    "the leading axes of its input, not with the spatial "
+                    "axes of a channels_first input. Pass "
+                    "data_format='channels_last', or inputs without masks. "
+                    f"Received: masks for inputs {masked} with "
+                    "data_format='channels_first'"
+                )
             fused = [
-                batch_norm(x, training=training)
-                for batch_norm, x in zip(self._batch_norms, fused, strict=True)
+                batch_norm(x, training=training, mask=m)
+                for batch_norm, x, m in zip(
+                    self._batch_norms, fused, masks, strict=True
+                )
             ]
         if self._projections:
             fused = [
@@ -362,6 +431,28 @@ class FusionSelector(keras.layers.Layer):
         for index in range(1, len(fused)):
             output = ops.add(output, ops.multiply(weights[index], fused[index]))
         return output
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None:
+            return None
+        output_shape = self.compute_output_shape(
+            [tuple(x.shape) for x in inputs]
+        )
+        channel = resolve_channel_axis(
+            self.axis, len(output_shape), self.data_format
+        )
+        masks = check_masks(inputs, mask, channel, self.__class__.__name__)
+        if all(m is None for m in masks):
+            return None
+        if (
+            self.mode != "concat"
+            and self.align != "pad"
+            and any(m is None for m in masks)
+        ):
+            # As in keras.layers.Add: an unmasked input is valid everywhere,
+            # so the sum is too.
+            return None
+        return fuse_masks(inputs, masks, self.align, self.data_format, channel)
 
     def compute_output_shape(self, input_shape):
         name = self.__class__.__name__

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_fusion.ops.shapes import channel_axis
 from keras_fusion.ops.shapes import check_feature_map_shape
+from keras_fusion.ops.shapes import check_real
 from keras_fusion.ops.shapes import check_synchronized
 from keras_fusion.ops.shapes import standardize_data_format
 
@@ -70,18 +71,18 @@ class TransitionBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if (
-            isinstance(compression, bool)
-            or not isinstance(compression, (int, float))
-            or not 0 < compression <= 1
-        ):
-            raise ValueError(
-                "`compression` should be a float in (0, 1]. "
-                f"Received: compression={compression!r}"
-            )
-        self.compression = compression
-        self.epsilon = epsilon
-        self.momentum = momentum
+        self.compression = check_real(
+            compression,
+            "compression",
+            "a float in (0, 1]",
+            lambda v: 0 < v <= 1,
+        )
+        self.epsilon = check_real(
+            epsilon, "epsilon", "a positive float", lambda v: v > 0
+        )
+        self.momentum = check_real(
+            momentum, "momentum", "a float in [0, 1]", lambda v: 0 <= v <= 1
+        )
         self.data_format = standardize_data_format(data_format)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -153,5 +154,7 @@ class TransitionBlock(keras.layers.Layer):
         return config
 
     def _filters(self, channels):
-        # int() as keras.applications.densenet.transition_block does.
+        # keras.applications.densenet.transition_block takes
+        # int(channels * compression), the floor for positive values; at
+        # least one channel is kept where that would give none.
         return max(1, math.floor(channels * self.compression))

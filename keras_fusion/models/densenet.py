@@ -3,9 +3,12 @@
 Convolutional Networks"; Pleiss et al. 2017, "Memory-Efficient
 Implementation of DenseNets")."""
 
+import contextlib
 import os
+import zipfile
 
 import keras
+import numpy as np
 
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.transition_block import TransitionBlock
@@ -14,6 +17,12 @@ from keras_fusion.ops.shapes import check_synchronized
 from keras_fusion.ops.shapes import standardize_data_format
 
 _BN_EPSILON = 1.001e-5
+_WEIGHTS_FORMS = (
+    "None, 'imagenet', or the path to a weights file: a Keras `.weights.h5` "
+    "or `.keras` file of this model or of the keras.applications DenseNet "
+    "of the same depth and top, or a legacy HDF5 file (`.h5`, `.hdf5`) of "
+    "that keras.applications model (the files it downloads) or of this one"
+)
 _IMAGENET_BLOCKS = {
     (6, 12, 24, 16): "DenseNet121",
     (6, 12, 32, 32): "DenseNet169",
@@ -192,9 +201,13 @@ def DenseNet(
             `classes`-way `Dense` layer.
         weights: `None` (random initialization), `"imagenet"` (the
             `keras.applications` ImageNet weights, downloaded by Keras on
-            first use) or the path to a weights file of the
-            `keras.applications` model of the same depth and top (or of this
-            model).
+            first use) or the path to a weights file, told apart by its
+            extension: `.weights.h5` or `.keras` (saved by Keras 3) of this
+            model or of the `keras.applications` model of the same depth
+            and top; `.h5` or `.hdf5`, a legacy HDF5 file keyed by layer
+            name such as those `keras.applications` downloads (or one of
+            this model). Loading never changes
+            `keras.config.image_data_format()`.
         input_tensor: optional Keras tensor to use as the model's input.
         input_shape: the input shape without the batch axis; defaults to
             224x224x3. With `include_top` and ImageNet weights it must be
@@ -227,9 +240,9 @@ def DenseNet(
             "`blocks` should list the number of layers of the 4 dense "
             f"blocks. Received: blocks={blocks!r}"
         )
-    for count in blocks:
-        check_positive_int(count, "blocks")
-    check_positive_int(growth_rate, "growth_rate")
+    blocks = tuple(check_positive_int(count, "blocks") for count in blocks)
+    growth_rate = check_positive_int(growth_rate, "growth_rate")
+    classes = check_positive_int(classes, "classes")
     input_shape = _check_weights_and_input_shape(
         weights,
         blocks,
@@ -297,7 +310,7 @@ def DenseNet(
     )
     model = keras.Model(_source_inputs(input_tensor, inputs), x, name=name)
     if weights is not None:
-        _load_weights(model, weights, blocks, include_top, classes)
+        _load_weights(model, weights, blocks, include_top, classes, data_format)
     return model
 
 
@@ -367,8 +380,14 @@ def DenseNetBC(
     """
     data_format = standardize_data_format(data_format)
     check_synchronized(synchronized)
-    check_positive_int(depth, "depth")
-    check_positive_int(growth_rate, "growth_rate")
+    depth = check_positive_int(depth, "depth")
+    growth_rate = check_positive_int(growth_rate, "growth_rate")
+    classes = check_positive_int(classes, "classes")
+    if not isinstance(bottleneck, bool):
+        raise TypeError(
+            "`bottleneck` should be a bool. "
+            f"Received: bottleneck={bottleneck!r}"
+        )
     convs_per_layer = 2 if bottleneck else 1
     if (depth - 4) % (3 * convs_per_layer) or depth < 4 + 3 * convs_per_layer:
         raise ValueError(
@@ -417,6 +436,7 @@ def DenseNetBC(
     x = keras.layers.BatchNormalization(
         axis=1 if data_format == "channels_first" else -1,
         momentum=bn_momentum,
+        epsilon=_BN_EPSILON,
         synchronized=synchronized,
         name="bn",
     )(x)
@@ -498,23 +518,34 @@ def copy_keras_application_weights(source, target):
     `target` is a model built by `DenseNet` with the same blocks and top.
     Raises a `ValueError` naming the first weight with no counterpart.
     """
+    _copy_weights_by_name(
+        {layer.name: layer.get_weights() for layer in source.layers},
+        target,
+        f"a model named {source.name!r}",
+    )
+
+
+def _copy_weights_by_name(weights, target, source):
+    """Copy `weights` ({keras.applications layer name: arrays}) into
+    `target`; `source` describes where they come from, for errors."""
     for layer in target.layers:
         for ours, source_name in _weight_sources(layer):
-            if not _has_layer(source, source_name):
+            if source_name not in weights:
                 raise ValueError(
-                    f"The source model has no layer {source_name!r} for "
-                    f"{layer.name}/{ours.name}: `source` should be the "
+                    f"The source has no layer {source_name!r} for "
+                    f"{layer.name}/{ours.name}: it should be the "
                     "keras.applications DenseNet of the same depth. "
-                    f"Received: a model named {source.name!r}"
+                    f"Received: {source}"
                 )
-            values = source.get_layer(source_name).get_weights()
+            values = weights[source_name]
             expected = [tuple(w.shape) for w in ours.get_weights()]
             received = [tuple(v.shape) for v in values]
             if expected != received:
                 raise ValueError(
                     f"Weights of {source_name!r} have shapes {received}, "
-                    f"{layer.name}/{ours.name} expects {expected}: `source` "
-                    "should have the same input channels and classes."
+                    f"{layer.name}/{ours.name} expects {expected}: the "
+                    "source should have the same input channels and "
+                    f"classes. Received: {source}"
                 )
             ours.set_weights(values)
 
@@ -538,67 +569,152 @@ def _weight_sources(layer):
     return []
 
 
-def _load_weights(model, weights, blocks, include_top, classes):
-    if weights == "imagenet" or _is_legacy_keras_application_file(weights):
-        source = _keras_application(
-            blocks, include_top, weights, classes, model
+def _load_weights(model, weights, blocks, include_top, classes, data_format):
+    if weights == "imagenet":
+        path = _download_imagenet_weights(blocks, include_top)
+        _copy_weights_by_name(
+            _legacy_h5_weights(path), model, f"weights={weights!r}"
         )
-        copy_keras_application_weights(source, model)
         return
+    path = str(weights)
+    if path.endswith((".weights.h5", ".keras")):
+        _load_keras_weights_file(
+            model, path, blocks, include_top, classes, data_format
+        )
+        return
+    legacy = _legacy_h5_weights(path)
+    if legacy is not None:
+        _copy_weights_by_name(legacy, model, f"weights={weights!r}")
+        return
+    # A legacy HDF5 file of this model (`save_weights("x.h5")` in Keras 2).
+    model.load_weights(path)
+
+
+def _load_keras_weights_file(
+    model, path, blocks, include_top, classes, data_format
+):
+    """Load a Keras 3 `.weights.h5` or `.keras` file: of this model, or of
+    the `keras.applications` DenseNet of the same depth and top."""
+    if _holds_memory_efficient_blocks(path) or blocks not in _IMAGENET_BLOCKS:
+        model.load_weights(path)
+        return
+    # Keras 3 files are keyed by the model's structure, not by layer names:
+    # a keras.applications model's file loads into that model only, and is
+    # mapped from there.
+    name = _IMAGENET_BLOCKS[blocks]
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            f"`weights` is a file of keras.applications.{name}, which can "
+            "only be read by building that model, and keras.applications "
+            "builds DenseNet only with keras.config.image_data_format() == "
+            f"'channels_last' (it is {keras.config.image_data_format()!r}). "
+            "Set that format, or convert the model with "
+            f"`from_keras_application`. Received: weights={path!r}"
+        )
+    input_shape = tuple(model.input_shape[1:])
+    if data_format == "channels_first":
+        input_shape = (*input_shape[1:], input_shape[0])
     try:
-        model.load_weights(weights)
-    except ValueError as error:
-        # Not a file of this model: a keras.applications model's own
-        # `save_weights` file (Keras 3 files are keyed by structure, not by
-        # layer name, so it loads into that model only), mapped from there.
-        if blocks not in _IMAGENET_BLOCKS:
-            raise
-        try:
-            source = _keras_application(
-                blocks, include_top, weights, classes, model
-            )
-        except ValueError:
-            raise ValueError(
-                f"`weights` should be a weights file of this model or of "
-                f"keras.applications.{_IMAGENET_BLOCKS[blocks]} with the "
-                f"same top. Received: weights={weights!r}, which fits "
-                "neither"
-            ) from error
-        copy_keras_application_weights(source, model)
-
-
-def _keras_application(blocks, include_top, weights, classes, model):
-    """The keras.applications model whose weights `model` takes.
-
-    It is built in channels_last (the only format keras.applications
-    accepts); kernels have the same layout in both formats.
-    """
-    builder = getattr(keras.applications, _IMAGENET_BLOCKS[blocks])
-    shape = tuple(model.input_shape[1:])
-    if shape[0] == 3 and shape[-1] != 3:
-        shape = (*shape[1:], 3)
-    previous = keras.config.image_data_format()
-    keras.config.set_image_data_format("channels_last")
-    try:
-        return builder(
+        source = getattr(keras.applications, name)(
             include_top=include_top,
-            weights=weights,
-            input_shape=shape,
+            weights=path,
+            input_shape=input_shape,
             classes=classes,
             classifier_activation=None,
         )
-    finally:
-        keras.config.set_image_data_format(previous)
+    except ValueError as error:
+        raise ValueError(
+            f"`weights` should be a weights file of this model or of "
+            f"keras.applications.{name} with the same top. Received: "
+            f"weights={path!r}, which fits neither"
+        ) from error
+    copy_keras_application_weights(source, model)
 
 
-def _is_legacy_keras_application_file(path):
-    """Whether `path` is a legacy `.h5` weights file, keyed by layer name,
-    of a keras.applications DenseNet (the files keras.applications
-    downloads)."""
+def _holds_memory_efficient_blocks(path):
+    """Whether a Keras 3 `.weights.h5` or `.keras` file is of a model made
+    of `MemoryEfficientDenseBlock`s: Keras 3 files key each layer's weights
+    by its class (`layers/memory_efficient_dense_block_1/...`)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        return "conv2_block1_0_bn" in f.keys()
+    try:
+        with contextlib.ExitStack() as stack:
+            weights = path
+            if path.endswith(".keras"):
+                archive = stack.enter_context(zipfile.ZipFile(path))
+                weights = stack.enter_context(archive.open("model.weights.h5"))
+            layers = stack.enter_context(h5py.File(weights, "r")).get("layers")
+            return layers is not None and any(
+                key.startswith("memory_efficient_dense_block") for key in layers
+            )
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"`weights` should be {_WEIGHTS_FORMS}. Received: "
+            f"weights={path!r}, which is not a Keras 3 weights file "
+            f"({error})"
+        ) from error
+
+
+# The ImageNet weights keras.applications.densenet downloads (its file
+# names and hashes): legacy HDF5 files keyed by layer name.
+_IMAGENET_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
+)
+_IMAGENET_FILES = {
+    ("DenseNet121", True): "9d60b8095a5708f2dcce2bca79d332c7",
+    ("DenseNet121", False): "30ee3e1110167f948a6b9946edeeb738",
+    ("DenseNet169", True): "d699b8f76981ab1b30698df4c175e90b",
+    ("DenseNet169", False): "b8c4d4c20dd625c148057b9ff1c1176b",
+    ("DenseNet201", True): "1ceb130c1ea1b78c3bf6114dbdfd8807",
+    ("DenseNet201", False): "c13680b51ded0fb44dff2d8f86ac8bb1",
+}
+
+
+def _download_imagenet_weights(blocks, include_top):
+    """The path of keras.applications' ImageNet weights file for `blocks`,
+    downloaded by Keras into its cache on first use."""
+    name = _IMAGENET_BLOCKS[blocks]
+    file_name = (
+        f"{name.lower()}_weights_tf_dim_ordering_tf_kernels"
+        f"{'' if include_top else '_notop'}.h5"
+    )
+    return keras.utils.get_file(
+        file_name,
+        _IMAGENET_WEIGHTS_URL + file_name,
+        cache_subdir="models",
+        file_hash=_IMAGENET_FILES[(name, include_top)],
+    )
+
+
+def _legacy_h5_weights(path):
+    """{layer name: arrays} of a legacy HDF5 weights file keyed by layer
+    name, as keras.applications' downloads are, if `path` is one of a
+    keras.applications DenseNet; `None` for another HDF5 file."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(
+            f"`weights` should be {_WEIGHTS_FORMS}. Received: "
+            f"weights={path!r}, which is not an HDF5 file ({error})"
+        ) from error
+    with f:
+        group = f["model_weights"] if "model_weights" in f else f
+        if "conv2_block1_0_bn" not in group:
+            return None
+        weights = {}
+        for layer_name in group.attrs["layer_names"]:
+            layer = group[_text(layer_name)]
+            weights[_text(layer_name)] = [
+                np.asarray(layer[_text(weight_name)])
+                for weight_name in layer.attrs["weight_names"]
+            ]
+        return weights
+
+
+def _text(name):
+    return name.decode("utf8") if isinstance(name, bytes) else name
 
 
 def _check_weights_and_input_shape(
@@ -623,10 +739,15 @@ def _check_weights_and_input_shape(
             f"Received: classes={classes}"
         )
     if weights is not None and not imagenet:
-        if not os.path.exists(str(weights)):
+        if not str(weights).endswith((".weights.h5", ".keras", ".h5", ".hdf5")):
             raise ValueError(
-                "`weights` should be None, 'imagenet' or the path to a "
-                f"weights file. Received: weights={weights!r} (no such file)"
+                f"`weights` should be {_WEIGHTS_FORMS}. Received: "
+                f"weights={weights!r}"
+            )
+        if not os.path.isfile(str(weights)):
+            raise ValueError(
+                f"`weights` should be {_WEIGHTS_FORMS}. Received: "
+                f"weights={weights!r} (no such file)"
             )
     default = (
         (3, 224, 224) if data_format == "channels_first" else (224, 224, 3)

@@ -57,7 +57,7 @@ def unet_level_sizes(size, depth=4):
 
 
 def UNet(
-    input_shape=(572, 572, 1),
+    input_shape=None,
     num_classes=2,
     depth=4,
     filters=64,
@@ -82,7 +82,9 @@ def UNet(
 
     Args:
         input_shape: the input shape without the batch axis, channels where
-            `data_format` puts them; spatial sizes may be `None`.
+            `data_format` puts them; spatial sizes may be `None`. Defaults
+            to the paper's one-channel 572x572 image: `(572, 572, 1)`, or
+            `(1, 572, 572)` with `"channels_first"`.
         num_classes: channels of the output.
         depth: the number of pooling (and up-convolution) steps; 4 in the
             paper.
@@ -101,8 +103,13 @@ def UNet(
         `output_conv`, with level `i = 0` the shallowest.
     """
     data_format = standardize_data_format(data_format)
-    check_positive_int(depth, "depth")
-    check_positive_int(filters, "filters")
+    depth = check_positive_int(depth, "depth")
+    filters = check_positive_int(filters, "filters")
+    num_classes = check_positive_int(num_classes, "num_classes")
+    if input_shape is None:
+        input_shape = (
+            (1, 572, 572) if data_format == "channels_first" else (572, 572, 1)
+        )
     if len(input_shape) != 3:
         raise ValueError(
             "`input_shape` should have 3 entries (two spatial sizes and the "

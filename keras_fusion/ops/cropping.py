@@ -8,12 +8,16 @@ at the end. This is the convention of `keras.layers.CenterCrop` and of
 
 The functions accept backend tensors (eager, inside a layer's `call`, inside
 `tf.function`) and symbolic `keras.KerasTensor`s (functional API). Sizes that
-are unknown until run time are read from the run-time shape.
+are unknown until run time are read from the run-time shape, and checked
+when the crop runs: a crop to a size larger than the input raises then, with
+the sizes in the message (see `keras_fusion.backend.size_checks`).
 """
 
 import keras
 from keras import ops
 
+from keras_fusion.backend.size_checks import checked_slice
+from keras_fusion.backend.size_checks import static_size
 from keras_fusion.ops.shapes import check_feature_map
 from keras_fusion.ops.shapes import check_fusion_input_shapes
 from keras_fusion.ops.shapes import check_spatial_size
@@ -21,6 +25,12 @@ from keras_fusion.ops.shapes import is_static_size
 from keras_fusion.ops.shapes import smallest_spatial_shape
 from keras_fusion.ops.shapes import spatial_axes
 from keras_fusion.ops.shapes import standardize_data_format
+
+_CROP_TOO_LARGE = (
+    "Cannot centre-crop to a size larger than the input: `size` should be "
+    "at most the spatial size of the input, and at least 0, in every "
+    "dimension. Received: input shape {shape}, size={size}"
+)
 
 
 def center_crop_offsets(size, target):
@@ -39,8 +49,16 @@ def center_crop_offsets(size, target):
         target: the size after cropping, an int or a scalar integer tensor.
 
     Returns:
-        A tuple `(before, after)` with `before + target + after == size`.
+        A tuple `(before, after)` with `before + target + after == size`:
+        ints if both sizes are known before run time (ints, eager tensors),
+        else tensors, which are not checked here (`center_crop` and
+        `center_pad` check them when they run).
+
+    Raises:
+        ValueError: if both sizes are known and `target` is not between 0
+            and `size`.
     """
+    size, target = static_size(size), static_size(target)
     if is_static_size(size) and is_static_size(target):
         if not 0 <= target <= size:
             raise ValueError(
@@ -182,8 +200,11 @@ class CenterCrop(keras.Operation):
         for axis, target in zip(axes, self.size, strict=True):
             if target is None:
                 continue
+            if not is_static_size(target):
+                shape[axis] = None
+                continue
             if shape[axis] is not None and target > shape[axis]:
-                _raise_crop_too_large(tuple(x.shape), self.size)
+                _raise_crop_too_large(x.shape, self.size)
             shape[axis] = target
         return keras.KerasTensor(tuple(shape), dtype=x.dtype)
 
@@ -200,10 +221,11 @@ class CenterCropTo(keras.Operation):
 
     def compute_output_spec(self, x, reference):
         shape = list(x.shape)
-        for axis in spatial_axes(len(shape), self.data_format):
-            target = reference.shape[axis]
+        axes = spatial_axes(len(shape), self.data_format)
+        size = tuple(reference.shape[axis] for axis in axes)
+        for axis, target in zip(axes, size, strict=True):
             if None not in (target, shape[axis]) and target > shape[axis]:
-                _raise_crop_too_large(tuple(x.shape), reference.shape)
+                _raise_crop_too_large(x.shape, size)
             shape[axis] = target
         return keras.KerasTensor(tuple(shape), dtype=x.dtype)
 
@@ -234,19 +256,27 @@ class CropToSmallest(keras.Operation):
 def _center_crop(x, size, data_format):
     shape = ops.shape(x)
     axes = spatial_axes(len(shape), data_format)
-    index = [slice(None)] * len(shape)
+    begin = [0] * len(shape)
+    crop_shape = [None] * len(shape)  # `None`: all of that axis.
     for axis, target in zip(axes, size, strict=True):
         if target is None:
             continue
         current = shape[axis]
         if is_static_size(current) and is_static_size(target):
             if target > current:
-                _raise_crop_too_large(tuple(shape), size)
+                _raise_crop_too_large(x.shape, size)
             if target == current:
                 continue
-        before, _ = center_crop_offsets(current, target)
-        index[axis] = slice(before, before + target)
-    return x[tuple(index)]
+        begin[axis], _ = center_crop_offsets(current, target)
+        crop_shape[axis] = target
+    return checked_slice(
+        x,
+        begin,
+        crop_shape,
+        name="center_crop_to_at_most_the_input_size",
+        message=_CROP_TOO_LARGE,
+        fields={"shape": shape, "size": tuple(size)},
+    )
 
 
 def _center_crop_to(x, reference, data_format):
@@ -274,7 +304,5 @@ def _crop_to_smallest(tensors, data_format):
 
 def _raise_crop_too_large(shape, size):
     raise ValueError(
-        "Cannot centre-crop to a size larger than the input: `size` should "
-        "be at most the input's spatial size in every dimension. Received: "
-        f"input shape {tuple(shape)}, size={tuple(size)}"
+        _CROP_TOO_LARGE.format(shape=tuple(shape), size=tuple(size))
     )

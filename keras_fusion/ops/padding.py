@@ -8,12 +8,14 @@ removes, so `center_crop` undoes `center_pad` exactly.
 Like the cropping functions, these accept backend tensors (eager, inside a
 layer's `call`, inside `tf.function`) and symbolic `keras.KerasTensor`s
 (functional API), and read sizes that are unknown until run time from the
-run-time shape.
+run-time shape; a pad to a size smaller than the input raises when it runs
+(see `keras_fusion.backend.size_checks`).
 """
 
 import keras
 from keras import ops
 
+from keras_fusion.backend.size_checks import checked_pad
 from keras_fusion.ops.cropping import center_crop_offsets
 from keras_fusion.ops.shapes import check_feature_map
 from keras_fusion.ops.shapes import check_fusion_input_shapes
@@ -22,6 +24,12 @@ from keras_fusion.ops.shapes import is_static_size
 from keras_fusion.ops.shapes import largest_spatial_shape
 from keras_fusion.ops.shapes import spatial_axes
 from keras_fusion.ops.shapes import standardize_data_format
+
+_PAD_TOO_SMALL = (
+    "Cannot zero-pad to a size smaller than the input: `size` should be at "
+    "least the spatial size of the input in every dimension. Received: "
+    "input shape {shape}, size={size}"
+)
 
 
 def center_pad(x, size, data_format=None):
@@ -116,8 +124,11 @@ class CenterPad(keras.Operation):
         for axis, target in zip(axes, self.size, strict=True):
             if target is None:
                 continue
+            if not is_static_size(target):
+                shape[axis] = None
+                continue
             if shape[axis] is not None and target < shape[axis]:
-                _raise_pad_too_small(tuple(x.shape), self.size)
+                _raise_pad_too_small(x.shape, self.size)
             shape[axis] = target
         return keras.KerasTensor(tuple(shape), dtype=x.dtype)
 
@@ -156,12 +167,20 @@ def _center_pad(x, size, data_format):
         current = shape[axis]
         if is_static_size(current) and is_static_size(target):
             if target < current:
-                _raise_pad_too_small(tuple(shape), size)
+                _raise_pad_too_small(x.shape, size)
             if target == current:
                 continue
         pad_width[axis] = center_crop_offsets(target, current)
         padded = True
-    return ops.pad(x, pad_width) if padded else x
+    if not padded:
+        return x
+    return checked_pad(
+        x,
+        pad_width,
+        name="center_pad_to_at_least_the_input_size",
+        message=_PAD_TOO_SMALL,
+        fields={"shape": shape, "size": tuple(size)},
+    )
 
 
 def _pad_to_largest(tensors, data_format):
@@ -183,7 +202,5 @@ def _pad_to_largest(tensors, data_format):
 
 def _raise_pad_too_small(shape, size):
     raise ValueError(
-        "Cannot zero-pad to a size smaller than the input: `size` should be "
-        "at least the input's spatial size in every dimension. Received: "
-        f"input shape {tuple(shape)}, size={tuple(size)}"
+        _PAD_TOO_SMALL.format(shape=tuple(shape), size=tuple(size))
     )

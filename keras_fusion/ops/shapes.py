@@ -6,8 +6,12 @@ symbolic shapes and again in `call()` on the shapes known at run time. Sizes
 that are tensors (known only at run time) are passed through unchecked.
 """
 
+import numbers
+
 import keras
 import numpy as np
+
+from keras_fusion.backend.size_checks import static_size
 
 _DATA_FORMATS = ("channels_last", "channels_first")
 _SPATIAL_RANKS = {3: "1D", 4: "2D", 5: "3D"}
@@ -43,12 +47,42 @@ def spatial_axes(rank, data_format):
 
 
 def check_positive_int(value, name):
-    """Check that a constructor argument is a positive int (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Check that an argument is a positive integer and return it as an int.
+
+    Python and NumPy integers are accepted (`numbers.Integral`), bools are
+    not.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
         raise ValueError(
             f"`{name}` should be a positive int. Received: {name}={value!r}"
         )
-    return value
+    return int(value)
+
+
+def check_real(value, name, expected, is_valid):
+    """Check a real-valued argument and return it as a float.
+
+    Python and NumPy numbers are accepted (`numbers.Real`), bools are not.
+
+    Args:
+        value: the argument.
+        name: its name, for the error message.
+        expected: what it should be, e.g. `"a float in [0, 1)"`.
+        is_valid: a predicate on the value, e.g. `lambda v: 0 <= v < 1`.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not is_valid(value)
+    ):
+        raise ValueError(
+            f"`{name}` should be {expected}. Received: {name}={value!r}"
+        )
+    return float(value)
 
 
 def check_synchronized(synchronized):
@@ -261,7 +295,7 @@ def common_channel_count(input_shapes, axis, layer_name, remedy):
 
 def is_static_size(value):
     """Whether a size is a Python or NumPy int (known before run time)."""
-    return isinstance(value, (int, np.integer))
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_feature_map(x, name):
@@ -279,8 +313,15 @@ def check_feature_map(x, name):
 def check_spatial_size(size, rank):
     """Check a `size` argument: one size per spatial dimension.
 
-    Entries may be ints, scalar integer tensors or `None`. Returns the sizes
-    as a tuple, with the static ones as Python ints.
+    Entries may be ints (NumPy's too), scalar integer tensors or `None`.
+    Returns the sizes as a tuple, with those known before run time (ints,
+    eager tensors, JAX arrays outside `jax.jit`) as Python ints.
+
+    Raises:
+        ValueError: if `size` is not a list or tuple of `rank - 2` entries,
+            or if an entry is negative.
+        TypeError: if an entry is of another type (a float, a bool, a
+            string, a tuple) or a tensor that is not a scalar integer.
     """
     num_spatial = rank - 2
     if not isinstance(size, (list, tuple)) or len(size) != num_spatial:
@@ -289,13 +330,39 @@ def check_spatial_size(size, rank):
             f"spatial dimension of a rank-{rank} feature map. Received: "
             f"size={size!r}"
         )
-    for s in size:
-        if is_static_size(s) and s < 0:
-            raise ValueError(
-                f"`size` should not contain negative sizes. Received: "
-                f"size={size!r}"
+    for index, s in enumerate(size):
+        if not _is_size_entry(s):
+            raise TypeError(
+                "`size` should have, for each spatial dimension, an int, "
+                "`None` or a scalar integer tensor. Received: "
+                f"size={size!r}, whose entry {index} is "
+                f"{_describe_size_entry(s)}"
             )
-    return tuple(int(s) if is_static_size(s) else s for s in size)
+    size = tuple(None if s is None else static_size(s) for s in size)
+    if any(is_static_size(s) and s < 0 for s in size):
+        raise ValueError(
+            f"`size` should not contain negative sizes. Received: size={size!r}"
+        )
+    return size
+
+
+def _is_size_entry(value):
+    if value is None or is_static_size(value):
+        return True
+    if not (isinstance(value, np.ndarray) or keras.ops.is_tensor(value)):
+        return False
+    dtype = keras.backend.standardize_dtype(value.dtype)
+    return len(value.shape) == 0 and dtype.startswith(("int", "uint"))
+
+
+def _describe_size_entry(value):
+    if isinstance(value, np.ndarray) or keras.ops.is_tensor(value):
+        return (
+            "a tensor of dtype "
+            f"{keras.backend.standardize_dtype(value.dtype)} and shape "
+            f"{tuple(value.shape)}"
+        )
+    return f"of type {type(value).__name__}"
 
 
 def _reduce_spatial_shape(input_shapes, data_format, reduce):

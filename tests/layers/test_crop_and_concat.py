@@ -1,3 +1,6 @@
+import re
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -28,6 +31,51 @@ def numpy_crop_and_concat(arrays, data_format="channels_last"):
     return np.concatenate(cropped, axis=channel)
 
 
+def numpy_crop_and_concat_mask(arrays, masks, data_format="channels_last"):
+    """Independent reference for the output mask: each mask (all True for
+    `None`) sliced as its array is, then a logical or over the inputs."""
+    rank = arrays[0].ndim
+    data_axes = (
+        range(1, rank - 1)
+        if data_format == "channels_last"
+        else (range(2, rank))
+    )
+    targets = [min(a.shape[axis] for a in arrays) for axis in data_axes]
+    output = None
+    for a, m in zip(arrays, masks, strict=True):
+        sizes = [a.shape[axis] for axis in data_axes]
+        if m is None:
+            m = np.ones((a.shape[0], *sizes), dtype=bool)
+        index = [slice(None)]
+        for size, target in zip(sizes, targets, strict=True):
+            start = (size - target) // 2
+            index.append(slice(start, start + target))
+        m = np.asarray(m)[tuple(index)]
+        output = m if output is None else output | m
+    return output
+
+
+def random_masks(arrays, data_format="channels_last", seed=0):
+    """One random boolean mask per array: its shape without channels."""
+    rng = np.random.default_rng(seed)
+    channel = arrays[0].ndim - 1 if data_format == "channels_last" else 1
+    return [rng.random(np.delete(a.shape, channel)) > 0.4 for a in arrays]
+
+
+def mask_model(inputs, outputs):
+    """A model returning the Keras mask that `outputs` carries."""
+    return keras.Model(inputs, outputs._keras_mask)
+
+
+def zero_steps(array, steps):
+    """`array` with the given `(sample, step)` positions set to 0, which
+    `keras.layers.Masking()` masks out."""
+    array = array.copy()
+    for sample, step in steps:
+        array[sample, step] = 0.0
+    return array
+
+
 LAYER_CASES = pytest.mark.parametrize(
     "input_shape, data_format, expected",
     [
@@ -52,6 +100,8 @@ def test_layer_checks(input_shape, data_format, expected, tmp_path):
         {"data_format": data_format},
         input_shape,
         tmp_path,
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
         expected_output_shape=expected,
     )
 
@@ -235,3 +285,211 @@ def test_default_data_format_follows_keras_config():
         to_numpy(layer([a, b])),
         numpy_crop_and_concat([a, b], "channels_first"),
     )
+
+
+@pytest.mark.parametrize(
+    "shapes, data_format",
+    [
+        ([(2, 11, 3), (2, 8, 2)], "channels_last"),
+        ([(2, 12, 3), (2, 8, 2)], "channels_last"),
+        ([(2, 61, 64, 3), (2, 52, 56, 5)], "channels_last"),
+        ([(2, 52, 64, 3), (2, 61, 56, 5), (2, 55, 59, 1)], "channels_last"),
+        ([(2, 3, 61, 64), (2, 5, 52, 56)], "channels_first"),
+        ([(1, 9, 8, 7, 2), (1, 6, 8, 4, 3)], "channels_last"),
+        ([(1, 2, 9, 8, 7), (1, 3, 6, 8, 4)], "channels_first"),
+    ],
+    ids=[
+        "1d-odd",
+        "1d-even",
+        "2d-odd-rows-even-columns",
+        "2d-three-inputs",
+        "2d-channels-first",
+        "3d",
+        "3d-channels-first",
+    ],
+)
+def test_mask_is_cropped_with_the_data(shapes, data_format):
+    arrays = make_inputs(shapes, seed=3)
+    masks = random_masks(arrays, data_format, seed=4)
+    mask = CropAndConcat(data_format=data_format).compute_mask(arrays, masks)
+    np.testing.assert_array_equal(
+        to_numpy(mask), numpy_crop_and_concat_mask(arrays, masks, data_format)
+    )
+
+
+@pytest.mark.parametrize("masked", [(True, True), (True, False), (False, True)])
+def test_mask_matches_cropping2d_and_concatenate_wired_by_hand(masked):
+    skip, up = make_inputs([(2, 64, 61, 3), (2, 56, 52, 4)], seed=5)
+    masks = [
+        m if keep else None
+        for m, keep in zip(
+            random_masks([skip, up], seed=6), masked, strict=True
+        )
+    ]
+    # 64 -> 56: 4 rows before, 4 after; 61 -> 52: 4 columns before, 5 after.
+    crop = keras.layers.Cropping2D(((4, 4), (4, 5)))
+    cropped_masks = [
+        None
+        if masks[0] is None
+        else keras.ops.cast(
+            crop(masks[0][..., None].astype("float32")), "bool"
+        )[..., 0],
+        masks[1],
+    ]
+    expected = keras.layers.Concatenate().compute_mask(
+        [crop(skip), up], cropped_masks
+    )
+    np.testing.assert_array_equal(
+        to_numpy(CropAndConcat().compute_mask([skip, up], masks)),
+        to_numpy(expected),
+    )
+
+
+def test_mask_propagates_through_a_functional_model():
+    long, short = make_inputs([(3, 9, 2), (3, 6, 3)], seed=8)
+    long = zero_steps(long, [(0, 1), (0, 2), (1, 7), (2, 4)])
+    short = zero_steps(short, [(0, 0), (0, 1), (1, 5), (2, 3)])
+    long_in, short_in = keras.Input((9, 2)), keras.Input((6, 3))
+    fused = CropAndConcat()(
+        [keras.layers.Masking()(long_in), keras.layers.Masking()(short_in)]
+    )
+    # 9 -> 6: one step before, two after. Cropping1D drops masks, so the
+    # model wired by hand masks after cropping.
+    by_hand = keras.layers.Concatenate()(
+        [
+            keras.layers.Masking()(keras.layers.Cropping1D((1, 2))(long_in)),
+            keras.layers.Masking()(short_in),
+        ]
+    )
+    expected = to_numpy(mask_model([long_in, short_in], by_hand)([long, short]))
+    assert not expected.all()
+    np.testing.assert_array_equal(
+        to_numpy(mask_model([long_in, short_in], fused)([long, short])),
+        expected,
+    )
+
+
+@pytest.mark.parametrize("consumer", ["lstm", "global_average_pooling"])
+def test_masked_sequences_reach_mask_consumers_as_in_keras_wiring(consumer):
+    long, short = make_inputs([(3, 9, 2), (3, 6, 3)], seed=9)
+    long = zero_steps(long, [(0, 1), (0, 2), (2, 4), (2, 5)])
+    short = zero_steps(short, [(0, 0), (0, 1), (2, 3), (2, 4)])
+    # One layer shared by the three models, so that they share weights.
+    if consumer == "lstm":
+        consume = keras.layers.LSTM(4)
+    else:
+        consume = keras.layers.GlobalAveragePooling1D()
+    long_in, short_in = keras.Input((None, 2)), keras.Input((None, 3))
+    inputs = [long_in, short_in]
+    masked = [keras.layers.Masking()(x) for x in inputs]
+    ours = keras.Model(inputs, consume(CropAndConcat()(masked)))
+    by_hand = keras.Model(
+        inputs,
+        consume(
+            keras.layers.Concatenate()(
+                [
+                    keras.layers.Masking()(
+                        keras.layers.Cropping1D((1, 2))(long_in)
+                    ),
+                    masked[1],
+                ]
+            )
+        ),
+    )
+    unmasked = keras.Model(inputs, consume(CropAndConcat()(inputs)))
+    expected = to_numpy(by_hand([long, short]))
+    np.testing.assert_allclose(
+        to_numpy(ours([long, short])), expected, rtol=0, atol=1e-6
+    )
+    # The masked steps change the result: the mask is what is compared.
+    assert not np.allclose(
+        to_numpy(unmasked([long, short])), expected, rtol=0, atol=1e-4
+    )
+
+
+def test_mask_with_none_spatial_sizes_is_cropped_from_runtime_shapes():
+    inputs = [keras.Input((None, None, 3)), keras.Input((None, None, 2))]
+    fused = CropAndConcat()([keras.layers.Masking()(x) for x in inputs])
+    assert tuple(fused._keras_mask.shape) == (None, None, None)
+    model = mask_model(inputs, fused)
+    for shapes in (
+        [(1, 20, 17, 3), (1, 12, 16, 2)],
+        [(2, 9, 9, 3), (2, 9, 4, 2)],
+    ):
+        arrays = make_inputs(shapes, seed=11)
+        masks = random_masks(arrays, seed=12)
+        # Zeros where the mask is False, which Masking masks out again.
+        arrays = [a * m[..., None] for a, m in zip(arrays, masks, strict=True)]
+        expected = numpy_crop_and_concat_mask(arrays, masks)
+        np.testing.assert_array_equal(to_numpy(model(arrays)), expected)
+        np.testing.assert_array_equal(model.predict_on_batch(arrays), expected)
+
+
+def test_inputs_without_masks_give_no_mask():
+    arrays = make_inputs([(2, 9, 3), (2, 6, 2)])
+    layer = CropAndConcat()
+    assert layer.compute_mask(arrays, None) is None
+    assert layer.compute_mask(arrays, [None, None]) is None
+    outputs = layer([keras.Input((9, 3)), keras.Input((6, 2))])
+    assert getattr(outputs, "_keras_mask", None) is None
+
+
+def test_masked_inputs_keep_their_mask_without_a_keras_warning():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inputs = [keras.Input((9, 2)), keras.Input((6, 3))]
+        fused = CropAndConcat()([keras.layers.Masking()(x) for x in inputs])
+        keras.Model(inputs, fused)(make_inputs([(2, 9, 2), (2, 6, 3)]))
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "destroy the mask" in m], messages
+    assert fused._keras_mask is not None
+
+
+@pytest.mark.parametrize(
+    "shapes, data_format, mask_shape, expected",
+    [
+        (
+            [(2, 9, 8, 3), (2, 7, 8, 2)],
+            "channels_last",
+            (2, 9, 8, 3),
+            r"\(axis 3\): \(2, 9, 8\) for input 0 of shape \(2, 9, 8, 3\)",
+        ),
+        (
+            [(2, 9, 8, 3), (2, 7, 8, 2)],
+            "channels_last",
+            (2, 7, 8),
+            r"\(axis 3\): \(2, 9, 8\) for input 0",
+        ),
+        (
+            [(2, 3, 9, 8), (2, 2, 7, 8)],
+            "channels_first",
+            (2, 3, 9),
+            r"\(axis 1\): \(2, 9, 8\) for input 0",
+        ),
+    ],
+    ids=["with-channel-axis", "wrong-size", "channels-first"],
+)
+def test_crop_and_concat_errors_if_mask_shape_is_wrong(
+    shapes, data_format, mask_shape, expected
+):
+    arrays = make_inputs(shapes)
+    mask = [np.ones(mask_shape, dtype=bool), None]
+    layer = CropAndConcat(data_format=data_format)
+    message = (
+        f"`mask` should hold one mask per input.*{expected}.*"
+        rf"Received: mask\[0\]\.shape={re.escape(str(mask_shape))}"
+    )
+    with pytest.raises(ValueError, match=message):
+        layer(arrays, mask=mask)
+    with pytest.raises(ValueError, match=message):
+        layer.compute_mask(arrays, mask)
+
+
+def test_crop_and_concat_errors_if_mask_count_differs_from_inputs():
+    arrays = make_inputs([(2, 9, 3), (2, 6, 2)])
+    with pytest.raises(
+        ValueError,
+        match=r"`mask` should be a list of one mask \(or None\) per input.*"
+        "2 here. Received: a list of length 3",
+    ):
+        CropAndConcat().compute_mask(arrays, [None, None, None])

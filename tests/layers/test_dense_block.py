@@ -1,7 +1,4 @@
 import json
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -16,6 +13,7 @@ from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
+from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 POLICIES = ["full", "concat_bn"]
 
@@ -52,15 +50,23 @@ def _moving_statistics(block):
     }
 
 
+# Weights of the 3-layer blocks below: per layer, with the bottleneck,
+# BN gamma/beta, 1x1 kernel, BN gamma/beta, 3x3 kernel (6 trainable) and two
+# BNs' moving mean/variance (4); without it 3 and 2.
 LAYER_CASES = pytest.mark.parametrize(
-    "recompute, input_shape, kwargs",
+    "recompute, input_shape, kwargs, num_weights",
     [
-        ("full", (2, 6, 6, 5), {}),
-        ("concat_bn", (2, 6, 6, 5), {"dropout_rate": 0.2}),
-        (False, (2, 6, 6, 5), {}),
-        (True, (2, 9, 4), {"bottleneck_factor": None}),
-        ("full", (1, 4, 4, 4, 3), {}),
-        ("concat_bn", (2, 5, 6, 6), {"data_format": "channels_first"}),
+        ("full", (2, 6, 6, 5), {}, (18, 12)),
+        ("concat_bn", (2, 6, 6, 5), {"dropout_rate": 0.2}, (18, 12)),
+        (False, (2, 6, 6, 5), {}, (18, 12)),
+        (True, (2, 9, 4), {"bottleneck_factor": None}, (9, 6)),
+        ("full", (1, 4, 4, 4, 3), {}, (18, 12)),
+        (
+            "concat_bn",
+            (2, 5, 6, 6),
+            {"data_format": "channels_first"},
+            (18, 12),
+        ),
     ],
     ids=[
         "full-2d",
@@ -74,13 +80,17 @@ LAYER_CASES = pytest.mark.parametrize(
 
 
 @LAYER_CASES
-def test_layer_checks(recompute, input_shape, kwargs, tmp_path):
+def test_layer_checks(recompute, input_shape, kwargs, num_weights, tmp_path):
     data_format = kwargs.get("data_format", "channels_last")
+    if data_format == "channels_first":
+        skip_unless_channels_first_convolution_runs(len(input_shape))
     run_layer_test(
         MemoryEfficientDenseBlock,
         {"num_layers": 3, "growth_rate": 4, "recompute": recompute, **kwargs},
         input_shape,
         tmp_path,
+        expected_num_trainable_weights=num_weights[0],
+        expected_num_non_trainable_weights=num_weights[1],
         atol=1e-5,
         run_mixed_precision=float16_kernels_run(len(input_shape), data_format),
     )
@@ -88,7 +98,11 @@ def test_layer_checks(recompute, input_shape, kwargs, tmp_path):
 
 @tensorflow_only
 @LAYER_CASES
-def test_saved_model_export(recompute, input_shape, kwargs, tmp_path):
+def test_saved_model_export(
+    recompute, input_shape, kwargs, num_weights, tmp_path
+):
+    if kwargs.get("data_format") == "channels_first":
+        skip_unless_channels_first_convolution_runs(len(input_shape))
     run_export_test(
         MemoryEfficientDenseBlock,
         {"num_layers": 3, "growth_rate": 4, "recompute": recompute, **kwargs},
@@ -123,22 +137,57 @@ def test_plain_block_matches_keras_applications_wiring():
         )
 
 
+def _to_channels_last(x):
+    return np.moveaxis(x, 1, -1)
+
+
+def _to_channels_first(x):
+    return np.moveaxis(x, -1, 1)
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize(
-    "input_shape, data_format",
-    [((3, 7, 7, 5), "channels_last"), ((3, 5, 7, 7), "channels_first")],
+    "input_shape, data_format, dtype, rtol",
+    [
+        ((3, 7, 7, 5), "channels_last", "float32", 1e-5),
+        ((3, 5, 7, 7), "channels_first", "float32", 1e-5),
+        ((3, 7, 7, 5), "channels_last", "float64", 1e-10),
+    ],
+    ids=["channels_last", "channels_first", "float64"],
 )
 def test_outputs_and_gradients_equal_the_plain_block(
-    policy, input_shape, data_format
+    policy, input_shape, data_format, dtype, rtol
 ):
-    plain, ours = _pair(policy, input_shape, data_format=data_format)
-    x = make_inputs(input_shape, seed=2)
-    y_plain, g_plain = _tape_step(plain, x)
+    if dtype == "float64" and BACKEND == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            pytest.skip("JAX computes in float32 unless jax_enable_x64 is set")
+    plain, ours = _pair(
+        policy, input_shape, data_format=data_format, dtype=dtype
+    )
+    x = make_inputs(input_shape, seed=2, dtype=dtype)
     y_ours, g_ours = _tape_step(ours, x)
-    _assert_close_relative(y_ours, y_plain, 1e-5)
+    if data_format == "channels_first":
+        # The reference is the plain block in channels_last, with the same
+        # weights (kernels and BatchNorm have the same layout in both), on
+        # the transposed input: the same function, and one that runs where
+        # TensorFlow has no NCHW convolution (CPUs without oneDNN).
+        x = _to_channels_last(x)
+        plain = MemoryEfficientDenseBlock(4, 6, recompute=False, seed=7)
+        plain.build(x.shape)
+        plain.set_weights(ours.get_weights())
+        y_plain, g_plain = _tape_step(plain, x)
+        y_plain = _to_channels_first(y_plain)
+        g_plain[0] = _to_channels_first(g_plain[0])
+    else:
+        y_plain, g_plain = _tape_step(plain, x)
+    assert y_ours.dtype == y_plain.dtype == np.dtype(dtype)
+    _assert_close_relative(y_ours, y_plain, rtol)
     assert len(g_ours) == len(g_plain) == 1 + len(plain.trainable_variables)
     for mine, reference in zip(g_ours, g_plain, strict=True):
-        _assert_close_relative(mine, reference, 1e-5)
+        assert mine.dtype == np.dtype(dtype)
+        _assert_close_relative(mine, reference, rtol)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -259,44 +308,6 @@ def test_backward_pass_recomputes_every_layer(policy):
     assert ours._recompute_count == ours.num_layers
 
 
-_MEMORY_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    from keras_fusion import MemoryEfficientDenseBlock
-
-    block = MemoryEfficientDenseBlock(12, 12, recompute=sys.argv[1] if
-        sys.argv[1] != "False" else False)
-    x = tf.constant(np.random.rand(16, 16, 16, 24).astype("float32"))
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(block(x, training=True)))
-        return tape.gradient(loss, block.trainable_variables)
-
-    step()
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    step()
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-    print(json.dumps(peak - before))
-    """
-)
-
-
-def _training_peak(recompute):
-    result = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, str(recompute)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.splitlines()[-1])
-
-
 @pytest.mark.backends("jax", reason="counts the residuals jax.checkpoint saves")
 @pytest.mark.parametrize(
     "policy, bottleneck",
@@ -324,17 +335,6 @@ def test_jax_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
     assert plain[2] - plain[1] > 2.5 * (plain[1] - plain[0])
 
 
-@tensorflow_only
-@pytest.mark.slow
-def test_recomputation_keeps_training_memory_down():
-    # A guard against the saving silently regressing (as torchvision's did,
-    # pytorch/vision#2221), not the benchmark: at 12 layers the plain block
-    # needs well over twice the memory of the recomputing ones.
-    plain = _training_peak(False)
-    assert _training_peak("full") < 0.4 * plain
-    assert _training_peak("concat_bn") < 0.5 * plain
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -358,6 +358,46 @@ def test_dense_block_errors_if_argument_is_invalid(kwargs, message):
     kwargs = {"num_layers": 2, "growth_rate": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         MemoryEfficientDenseBlock(**kwargs)
+
+
+def test_dense_block_accepts_numpy_numbers():
+    block = MemoryEfficientDenseBlock(
+        np.int64(2),
+        np.int32(4),
+        bottleneck_factor=np.int64(2),
+        dropout_rate=np.float32(0.25),
+        epsilon=np.float64(1e-3),
+        momentum=np.float32(0.5),
+    )
+    config = block.get_config()
+    expected = {
+        "num_layers": 2,
+        "growth_rate": 4,
+        "bottleneck_factor": 2,
+        "dropout_rate": 0.25,
+        "epsilon": 1e-3,
+        "momentum": 0.5,
+    }
+    for name, value in expected.items():
+        assert config[name] == value and type(config[name]) is type(value)
+    json.dumps(config)
+    y = block(make_inputs((1, 4, 4, 3)), training=True)
+    assert tuple(y.shape) == (1, 4, 4, 11)
+
+
+@pytest.mark.parametrize(
+    "name", ["num_layers", "growth_rate", "dropout_rate", "epsilon"]
+)
+def test_dense_block_errors_if_number_is_a_bool(name):
+    kwargs = {"num_layers": 2, "growth_rate": 4, name: True}
+    with pytest.raises(ValueError, match=f"`{name}` should be.*True"):
+        MemoryEfficientDenseBlock(**kwargs)
+
+
+def test_dense_block_errors_if_synchronized_is_not_a_bool():
+    with pytest.raises(TypeError, match="`synchronized` should be a bool"):
+        MemoryEfficientDenseBlock(2, 4, synchronized="yes")
+    assert MemoryEfficientDenseBlock(2, 4).synchronized is False
 
 
 def test_dense_block_errors_if_rank_is_unsupported():

@@ -1,4 +1,6 @@
 import os
+import re
+import warnings
 
 import keras
 import numpy as np
@@ -13,6 +15,7 @@ from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
+from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 
 def sublayer_variables(layer, sublayer_name):
@@ -35,20 +38,79 @@ def numpy_weighted_add(arrays, weights, epsilon=1e-4, channel_axis=-1):
     return numerator / (sum(weights) + epsilon)
 
 
+# `weights`: the numbers of trainable and non-trainable weights: fusion
+# weights (1), a projection's kernel and bias (2), a BatchNormalization's
+# gamma and beta (2) and moving mean and variance (2, non-trainable).
+def random_masks(arrays, data_format="channels_last", seed=0):
+    """One random boolean mask per array: its shape without channels."""
+    rng = np.random.default_rng(seed)
+    channel = arrays[0].ndim - 1 if data_format == "channels_last" else 1
+    return [rng.random(np.delete(a.shape, channel)) < 0.4 for a in arrays]
+
+
+def numpy_fused_mask(arrays, masks, align, data_format="channels_last"):
+    """Independent reference for the output mask: each mask (all True for
+    `None`) centre-cropped or padded with False as its array is, then a
+    logical or over the inputs."""
+    rank = arrays[0].ndim
+    if data_format == "channels_last":
+        data_axes = range(1, rank - 1)
+    else:
+        data_axes = range(2, rank)
+    reduce = max if align == "pad" else min
+    targets = [reduce(a.shape[axis] for a in arrays) for axis in data_axes]
+    output = None
+    for a, m in zip(arrays, masks, strict=True):
+        sizes = [a.shape[axis] for axis in data_axes]
+        if m is None:
+            m = np.ones((a.shape[0], *sizes), dtype=bool)
+        m = np.asarray(m)
+        if align == "pad":
+            pad_width = [(0, 0)]
+            for size, target in zip(sizes, targets, strict=True):
+                before = (target - size) // 2
+                pad_width.append((before, target - size - before))
+            m = np.pad(m, pad_width, constant_values=False)
+        else:
+            index = [slice(None)]
+            for size, target in zip(sizes, targets, strict=True):
+                start = (size - target) // 2
+                index.append(slice(start, start + target))
+            m = m[tuple(index)]
+        output = m if output is None else output | m
+    return output
+
+
+def mask_model(inputs, outputs):
+    """A model returning the Keras mask that `outputs` carries."""
+    return keras.Model(inputs, outputs._keras_mask)
+
+
+def masked_arrays(shapes, seed):
+    """Random arrays, zero where a random mask is False (where
+    `keras.layers.Masking()` masks them out), and those masks."""
+    arrays = make_inputs(shapes, seed=seed)
+    masks = random_masks(arrays, seed=seed + 1)
+    arrays = [a * m[..., None] for a, m in zip(arrays, masks, strict=True)]
+    return arrays, masks
+
+
 LAYER_CASES = pytest.mark.parametrize(
-    "init_kwargs, input_shape, expected",
+    "init_kwargs, input_shape, expected, weights",
     [
-        ({"mode": "add"}, [(2, 9, 8, 4), (2, 9, 8, 4)], (2, 9, 8, 4)),
-        ({"mode": "concat"}, [(2, 11, 3), (2, 11, 2)], (2, 11, 5)),
+        ({"mode": "add"}, [(2, 9, 8, 4), (2, 9, 8, 4)], (2, 9, 8, 4), (0, 0)),
+        ({"mode": "concat"}, [(2, 11, 3), (2, 11, 2)], (2, 11, 5), (0, 0)),
         (
             {"mode": "concat", "data_format": "channels_first"},
             [(2, 2, 5, 4, 3), (2, 3, 5, 4, 3), (2, 1, 5, 4, 3)],
             (2, 6, 5, 4, 3),
+            (0, 0),
         ),
         (
             {"mode": "weighted_add"},
             [(2, 7, 6, 3), (2, 7, 6, 3), (2, 7, 6, 3)],
             (2, 7, 6, 3),
+            (1, 0),
         ),
         (
             {
@@ -58,26 +120,31 @@ LAYER_CASES = pytest.mark.parametrize(
             },
             [(2, 3, 7, 6), (2, 3, 7, 6)],
             (2, 3, 7, 6),
+            (1, 0),
         ),
         (
             {"mode": "concat", "bn_before_concat": True},
             [(4, 6, 6, 3), (4, 6, 6, 5)],
             (4, 6, 6, 8),
+            (4, 4),
         ),
         (
             {"mode": "add", "align": "crop"},
             [(2, 13, 10, 3), (2, 9, 12, 3)],
             (2, 9, 10, 3),
+            (0, 0),
         ),
         (
             {"mode": "concat", "align": "pad"},
             [(2, 5, 6, 4, 2), (2, 7, 4, 4, 3)],
             (2, 7, 6, 4, 5),
+            (0, 0),
         ),
         (
             {"mode": "add", "projection": 4},
             [(2, 8, 8, 6), (2, 8, 8, 4)],
             (2, 8, 8, 4),
+            (2, 0),
         ),
         (
             {
@@ -88,6 +155,7 @@ LAYER_CASES = pytest.mark.parametrize(
             },
             [(2, 9, 5), (2, 6, 3)],
             (2, 9, 3),
+            (3, 0),
         ),
     ],
     ids=[
@@ -106,12 +174,14 @@ LAYER_CASES = pytest.mark.parametrize(
 
 
 @LAYER_CASES
-def test_layer_checks(init_kwargs, input_shape, expected, tmp_path):
+def test_layer_checks(init_kwargs, input_shape, expected, weights, tmp_path):
     run_layer_test(
         FusionSelector,
         init_kwargs,
         input_shape,
         tmp_path,
+        expected_num_trainable_weights=weights[0],
+        expected_num_non_trainable_weights=weights[1],
         expected_output_shape=expected,
         atol=1e-5,
     )
@@ -119,7 +189,9 @@ def test_layer_checks(init_kwargs, input_shape, expected, tmp_path):
 
 @tensorflow_only
 @LAYER_CASES
-def test_saved_model_export(init_kwargs, input_shape, expected, tmp_path):
+def test_saved_model_export(
+    init_kwargs, input_shape, expected, weights, tmp_path
+):
     run_export_test(FusionSelector, init_kwargs, input_shape, tmp_path, 1e-5)
 
 
@@ -132,11 +204,15 @@ PROJECTION_CHANNELS_FIRST = {
 
 
 def test_layer_checks_projection_channels_first(tmp_path):
+    skip_unless_channels_first_convolution_runs()
     run_layer_test(
         FusionSelector,
         PROJECTION_CHANNELS_FIRST,
         [(2, 5, 9, 8), (2, 3, 7, 8)],
         tmp_path,
+        # One projection (kernel, bias) and the fusion weights.
+        expected_num_trainable_weights=3,
+        expected_num_non_trainable_weights=0,
         expected_output_shape=(2, 3, 7, 8),
         run_mixed_precision=float16_kernels_run(4, "channels_first"),
         atol=1e-5,
@@ -145,6 +221,7 @@ def test_layer_checks_projection_channels_first(tmp_path):
 
 @tensorflow_only
 def test_saved_model_export_projection_channels_first(tmp_path):
+    skip_unless_channels_first_convolution_runs()
     run_export_test(
         FusionSelector,
         PROJECTION_CHANNELS_FIRST,
@@ -866,3 +943,341 @@ def test_fusion_selector_errors_if_data_format_is_invalid():
         ValueError, match="`data_format`.*Received: data_format='NCHW'"
     ):
         FusionSelector(data_format="NCHW")
+
+
+@pytest.mark.parametrize(
+    "mode, keras_layer",
+    [
+        ("add", keras.layers.Add),
+        ("weighted_add", keras.layers.Add),
+        ("concat", keras.layers.Concatenate),
+    ],
+)
+@pytest.mark.parametrize(
+    "masked",
+    [(True, True, True), (True, False, True), (False, False, False)],
+    ids=["all-masked", "one-unmasked", "none-masked"],
+)
+def test_masks_combine_as_in_keras_merging_layers(mode, keras_layer, masked):
+    arrays = make_inputs([(2, 9, 3)] * 3, seed=1)
+    masks = [
+        m if keep else None
+        for m, keep in zip(random_masks(arrays, seed=2), masked, strict=True)
+    ]
+    expected = keras_layer().compute_mask(arrays, masks)
+    output = FusionSelector(mode=mode).compute_mask(arrays, masks)
+    if expected is None:
+        assert output is None
+    else:
+        np.testing.assert_array_equal(to_numpy(output), to_numpy(expected))
+
+
+@pytest.mark.parametrize(
+    "init_kwargs, keras_layer",
+    [
+        ({"mode": "add"}, keras.layers.Add),
+        ({"mode": "weighted_add"}, keras.layers.Add),
+        ({"mode": "add", "projection": 4}, keras.layers.Add),
+        ({"mode": "concat"}, keras.layers.Concatenate),
+        (
+            {"mode": "concat", "bn_before_concat": True},
+            keras.layers.Concatenate,
+        ),
+    ],
+)
+def test_mask_propagates_through_a_functional_model_as_in_keras(
+    init_kwargs, keras_layer
+):
+    arrays, _ = masked_arrays([(3, 7, 3), (3, 7, 3)], seed=3)
+    inputs = [keras.Input((7, 3)), keras.Input((7, 3))]
+    masked = [keras.layers.Masking()(x) for x in inputs]
+    expected = to_numpy(mask_model(inputs, keras_layer()(masked))(arrays))
+    assert not expected.all()
+    output = mask_model(inputs, FusionSelector(**init_kwargs)(masked))(arrays)
+    np.testing.assert_array_equal(to_numpy(output), expected)
+
+
+@pytest.mark.parametrize("mode", ["add", "concat"])
+@pytest.mark.parametrize(
+    "shapes, data_format",
+    [
+        ([(2, 11, 3), (2, 8, 3)], "channels_last"),
+        ([(2, 12, 3), (2, 8, 3)], "channels_last"),
+        ([(2, 13, 10, 3), (2, 9, 13, 3), (2, 11, 11, 3)], "channels_last"),
+        ([(2, 3, 13, 10), (2, 3, 9, 13)], "channels_first"),
+        ([(1, 3, 9, 8, 7), (1, 3, 6, 8, 4)], "channels_first"),
+    ],
+    ids=[
+        "1d-odd",
+        "1d-even",
+        "2d-three-inputs",
+        "2d-channels-first",
+        "3d-channels-first",
+    ],
+)
+def test_align_crop_crops_masks_with_the_data(mode, shapes, data_format):
+    arrays = make_inputs(shapes, seed=4)
+    masks = random_masks(arrays, data_format, seed=5)
+    layer = FusionSelector(mode=mode, align="crop", data_format=data_format)
+    np.testing.assert_array_equal(
+        to_numpy(layer.compute_mask(arrays, masks)),
+        numpy_fused_mask(arrays, masks, "crop", data_format),
+    )
+
+
+@pytest.mark.parametrize("mode", ["add", "weighted_add", "concat"])
+@pytest.mark.parametrize(
+    "shapes, data_format, masked",
+    [
+        ([(2, 11, 3), (2, 8, 3)], "channels_last", (True, True)),
+        ([(2, 11, 3), (2, 8, 3)], "channels_last", (True, False)),
+        ([(2, 12, 3), (2, 8, 3)], "channels_last", (True, True)),
+        ([(2, 9, 6, 3), (2, 6, 9, 3)], "channels_last", (True, False)),
+        ([(2, 3, 9, 6), (2, 3, 6, 9)], "channels_first", (False, True)),
+    ],
+    ids=[
+        "1d-odd",
+        "1d-unmasked-input-padded",
+        "1d-even",
+        "2d-unmasked-input-padded",
+        "2d-channels-first",
+    ],
+)
+def test_align_pad_masks_out_padded_positions(
+    mode, shapes, data_format, masked
+):
+    arrays = make_inputs(shapes, seed=6)
+    masks = [
+        m if keep else None
+        for m, keep in zip(
+            random_masks(arrays, data_format, seed=7), masked, strict=True
+        )
+    ]
+    layer = FusionSelector(mode=mode, align="pad", data_format=data_format)
+    output = to_numpy(layer.compute_mask(arrays, masks))
+    expected = numpy_fused_mask(arrays, masks, "pad", data_format)
+    assert not expected.all()
+    np.testing.assert_array_equal(output, expected)
+
+
+@pytest.mark.parametrize("align", ["crop", "pad"])
+def test_masks_with_none_spatial_sizes_follow_runtime_shapes(align):
+    inputs = [keras.Input((None, None, 2)), keras.Input((None, None, 2))]
+    fused = FusionSelector(mode="add", align=align)(
+        [keras.layers.Masking()(x) for x in inputs]
+    )
+    assert tuple(fused._keras_mask.shape) == (None, None, None)
+    model = mask_model(inputs, fused)
+    for shapes in ([(1, 10, 7, 2), (1, 8, 9, 2)], [(2, 5, 5, 2), (2, 6, 4, 2)]):
+        arrays, masks = masked_arrays(shapes, seed=8)
+        expected = numpy_fused_mask(arrays, masks, align)
+        np.testing.assert_array_equal(to_numpy(model(arrays)), expected)
+        np.testing.assert_array_equal(model.predict_on_batch(arrays), expected)
+
+
+@pytest.mark.parametrize("mode", ["add", "weighted_add", "concat"])
+@pytest.mark.parametrize("align", [None, "crop", "pad"])
+def test_inputs_without_masks_give_no_mask(mode, align):
+    arrays = make_inputs([(2, 9, 3), (2, 9, 3)])
+    layer = FusionSelector(mode=mode, align=align)
+    assert layer.compute_mask(arrays, None) is None
+    assert layer.compute_mask(arrays, [None, None]) is None
+    outputs = layer([keras.Input((9, 3)), keras.Input((9, 3))])
+    assert getattr(outputs, "_keras_mask", None) is None
+
+
+@pytest.mark.parametrize(
+    "init_kwargs, shapes",
+    [
+        ({"mode": "add"}, [(2, 7, 3), (2, 7, 3)]),
+        ({"mode": "concat", "bn_before_concat": True}, [(2, 7, 3), (2, 7, 2)]),
+        (
+            {"mode": "weighted_add", "projection": 4, "align": "pad"},
+            [(2, 7, 3), (2, 5, 4)],
+        ),
+    ],
+    ids=["add", "bn-before-concat", "weighted-add-projection-pad"],
+)
+def test_masked_inputs_keep_their_mask_without_a_keras_warning(
+    init_kwargs, shapes
+):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inputs = [keras.Input(s[1:]) for s in shapes]
+        fused = FusionSelector(**init_kwargs)(
+            [keras.layers.Masking()(x) for x in inputs]
+        )
+        model = keras.Model(inputs, fused)
+        model(make_inputs(shapes), training=True)
+        model(make_inputs(shapes), training=False)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "destroy the mask" in m], messages
+    assert fused._keras_mask is not None
+
+
+@pytest.mark.parametrize(
+    "init_kwargs, shapes, mask_shape, expected",
+    [
+        (
+            {"mode": "add"},
+            [(2, 9, 8, 3), (2, 9, 8, 3)],
+            (2, 9, 8, 3),
+            r"\(axis 3\): \(2, 9, 8\) for input 0 of shape \(2, 9, 8, 3\)",
+        ),
+        (
+            {"mode": "concat", "align": "crop"},
+            [(2, 9, 8, 3), (2, 7, 8, 2)],
+            (2, 7, 8),
+            r"\(axis 3\): \(2, 9, 8\) for input 0",
+        ),
+        (
+            {"mode": "concat", "data_format": "channels_first"},
+            [(2, 3, 9, 8), (2, 2, 9, 8)],
+            (2, 3, 9),
+            r"\(axis 1\): \(2, 9, 8\) for input 0",
+        ),
+    ],
+    ids=["with-channel-axis", "wrong-size", "channels-first"],
+)
+def test_fusion_selector_errors_if_mask_shape_is_wrong(
+    init_kwargs, shapes, mask_shape, expected
+):
+    arrays = make_inputs(shapes)
+    mask = [np.ones(mask_shape, dtype=bool), None]
+    layer = FusionSelector(**init_kwargs)
+    message = (
+        f"`mask` should hold one mask per input.*{expected}.*"
+        rf"Received: mask\[0\]\.shape={re.escape(str(mask_shape))}"
+    )
+    with pytest.raises(ValueError, match=message):
+        layer(arrays, mask=mask)
+    with pytest.raises(ValueError, match=message):
+        layer.compute_mask(arrays, mask)
+
+
+def test_fusion_selector_errors_if_mask_count_differs_from_inputs():
+    arrays = make_inputs([(2, 9, 3), (2, 9, 3)])
+    with pytest.raises(
+        ValueError,
+        match=r"`mask` should be a list of one mask \(or None\) per input.*"
+        "2 here. Received: a list of length 1",
+    ):
+        FusionSelector(mode="add").compute_mask(arrays, [None])
+
+
+def _masked_bn_models(shapes, momentum, masking=True):
+    """FusionSelector(bn_before_concat=True) and the plain Keras wiring
+    (BatchNormalization per input, then Concatenate), both after
+    `keras.layers.Masking` (or without it), from one random initial state."""
+    inputs = [keras.Input(s[1:]) for s in shapes]
+    masked = [keras.layers.Masking()(x) if masking else x for x in inputs]
+    ours = keras.Model(
+        inputs,
+        FusionSelector(mode="concat", bn_before_concat=True, momentum=momentum)(
+            masked
+        ),
+    )
+    by_hand = keras.Model(
+        inputs,
+        keras.layers.Concatenate()(
+            [
+                keras.layers.BatchNormalization(momentum=momentum)(x)
+                for x in masked
+            ]
+        ),
+    )
+    rng = np.random.default_rng(6)
+    state = [
+        rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in ours.weights
+    ]
+    ours.set_weights(state)
+    by_hand.set_weights(state)
+    return ours, by_hand
+
+
+def test_bn_before_concat_with_masks_matches_masked_batch_normalization():
+    shapes = [(8, 5, 5, 3), (8, 5, 5, 2)]
+    ours, by_hand = _masked_bn_models(shapes, momentum=0.9)
+    unmasked, _ = _masked_bn_models(shapes, momentum=0.9, masking=False)
+    for step in range(2):
+        arrays, masks = masked_arrays(shapes, seed=20 + step)
+        # Inputs on different scales, as in the tests without masks, and
+        # zero where masked.
+        arrays = [
+            (a * (1 + 4 * i) + 3 * i) * m[..., None]
+            for i, (a, m) in enumerate(zip(arrays, masks, strict=True))
+        ]
+        for training in (True, False):
+            np.testing.assert_allclose(
+                to_numpy(ours(arrays, training=training)),
+                to_numpy(by_hand(arrays, training=training)),
+                rtol=0,
+                atol=1e-5,
+            )
+        # Moving statistics of the valid positions only, updated once.
+        for weight, reference in zip(
+            ours.weights, by_hand.weights, strict=True
+        ):
+            np.testing.assert_allclose(
+                to_numpy(weight), to_numpy(reference), rtol=0, atol=1e-5
+            )
+        unmasked(arrays, training=True)
+    # The masks change the statistics: they are what is compared.
+    assert not np.allclose(
+        to_numpy(unmasked.weights[2]), to_numpy(ours.weights[2]), atol=1e-4
+    )
+
+
+def test_bn_before_concat_normalizes_with_masks_passed_explicitly():
+    shapes = [(8, 5, 5, 3), (8, 5, 5, 2)]
+    layer, references = _bn_layers_with_shared_initial_state(shapes, 0.9)
+    arrays = _batches(shapes, 0)
+    masks = [random_masks(arrays, seed=9)[0], None]
+    output = layer(arrays, mask=masks, training=True)
+    expected = keras.layers.Concatenate()(
+        [
+            bn(x, mask=m, training=True)
+            for bn, x, m in zip(references, arrays, masks, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(
+        to_numpy(output), to_numpy(expected), rtol=0, atol=1e-5
+    )
+    for index, reference in enumerate(references):
+        variables = sublayer_variables(layer, f"bn_{index}")
+        for name in ("moving_mean", "moving_variance"):
+            np.testing.assert_allclose(
+                to_numpy(variables[name]),
+                to_numpy(getattr(reference, name)),
+                rtol=0,
+                atol=1e-5,
+            )
+
+
+def test_bn_before_concat_errors_if_masked_with_channels_first():
+    arrays = make_inputs([(2, 3, 5, 5), (2, 2, 5, 5)])
+    layer = FusionSelector(
+        mode="concat", bn_before_concat=True, data_format="channels_first"
+    )
+    with pytest.raises(
+        ValueError,
+        match="`bn_before_concat=True` does not take masked inputs with "
+        "data_format='channels_first'.*data_format='channels_last'.*"
+        r"Received: masks for inputs \[1\]",
+    ):
+        layer(arrays, mask=[None, np.ones((2, 5, 5), dtype=bool)])
+    # Without masks, channels_first works as before.
+    assert tuple(layer(arrays, mask=[None, None]).shape) == (2, 5, 5, 5)
+
+
+def test_projection_convolutions_get_their_own_regularizer():
+    layer = FusionSelector(
+        mode="add", projection=4, kernel_regularizer=keras.regularizers.L2(0.1)
+    )
+    layer.build([(None, 5, 5, 6), (None, 5, 5, 2)])
+    first = sublayer_variables(layer, "projection_0")["kernel"].regularizer
+    second = sublayer_variables(layer, "projection_1")["kernel"].regularizer
+    assert first is not second
+    assert all(r is not layer.kernel_regularizer for r in (first, second))
+    for regularizer in (first, second):
+        assert regularizer.get_config() == layer.kernel_regularizer.get_config()

@@ -9,6 +9,7 @@ from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
+from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 LAYER_CASES = pytest.mark.parametrize(
     "input_shape, kwargs, expected",
@@ -24,11 +25,15 @@ LAYER_CASES = pytest.mark.parametrize(
 
 @LAYER_CASES
 def test_layer_checks(input_shape, kwargs, expected, tmp_path):
+    if kwargs.get("data_format") == "channels_first":
+        skip_unless_channels_first_convolution_runs(len(input_shape))
     run_layer_test(
         TransitionBlock,
         kwargs,
         input_shape,
         tmp_path,
+        expected_num_trainable_weights=3,  # BN gamma, beta; conv kernel
+        expected_num_non_trainable_weights=2,  # moving mean, variance
         expected_output_shape=expected,
         atol=1e-5,
         run_mixed_precision=float16_kernels_run(
@@ -42,6 +47,8 @@ def test_layer_checks(input_shape, kwargs, expected, tmp_path):
 @tensorflow_only
 @LAYER_CASES
 def test_saved_model_export(input_shape, kwargs, expected, tmp_path):
+    if kwargs.get("data_format") == "channels_first":
+        skip_unless_channels_first_convolution_runs(len(input_shape))
     run_export_test(TransitionBlock, kwargs, input_shape, tmp_path, atol=1e-5)
 
 
@@ -74,6 +81,36 @@ def test_output_channels_are_floor_of_compression():
 def test_transition_block_errors_if_compression_is_invalid(compression):
     with pytest.raises(ValueError, match=r"`compression` should be a float in"):
         TransitionBlock(compression=compression)
+
+
+def test_transition_block_accepts_numpy_numbers():
+    layer = TransitionBlock(
+        np.float32(0.5), epsilon=np.float64(1e-3), momentum=np.float32(0.5)
+    )
+    config = layer.get_config()
+    for name, value in {
+        "compression": 0.5,
+        "epsilon": 1e-3,
+        "momentum": 0.5,
+    }.items():
+        assert config[name] == value and type(config[name]) is float
+    assert tuple(layer(make_inputs((1, 4, 4, 6))).shape) == (1, 2, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epsilon": 0}, "`epsilon` should be a positive float.*0"),
+        ({"epsilon": "small"}, "`epsilon` should be a positive float"),
+        ({"momentum": 1.5}, r"`momentum` should be a float in \[0, 1\].*1.5"),
+        ({"momentum": True}, r"`momentum` should be a float in \[0, 1\]"),
+    ],
+)
+def test_transition_block_errors_if_batch_norm_argument_is_invalid(
+    kwargs, message
+):
+    with pytest.raises(ValueError, match=message):
+        TransitionBlock(**kwargs)
 
 
 def test_transition_block_errors_if_channels_are_unknown():

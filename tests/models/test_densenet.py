@@ -7,6 +7,7 @@ import pytest
 
 from keras_fusion import MemoryEfficientDenseBlock
 from keras_fusion import TransitionBlock
+from keras_fusion.models import DenseNet
 from keras_fusion.models import DenseNet121
 from keras_fusion.models import DenseNet169
 from keras_fusion.models import DenseNet201
@@ -16,7 +17,9 @@ from keras_fusion.models import from_keras_application
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.layer_test_case import check_distinct_initial_kernels
 from tests.layer_test_case import check_export
+from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 SHAPE = (32, 32, 3)
 
@@ -148,23 +151,108 @@ def test_legacy_h5_weights_file_loads_through_the_mapping(
     )
 
 
-def test_imagenet_weights_come_from_keras_applications(
-    source, images, monkeypatch
+def _write_legacy_h5(model, path):
+    """`model`'s weights in the layout of the files keras.applications
+    downloads (legacy HDF5, keyed by layer name)."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def test_imagenet_weights_are_keras_applications_files(
+    source, images, tmp_path, monkeypatch
 ):
+    notop = keras.applications.DenseNet121(
+        weights=None, include_top=False, input_shape=SHAPE
+    )
+    notop.set_weights(source.get_weights()[:-2])
+    path = os.path.join(tmp_path, "downloaded.h5")
+    _write_legacy_h5(notop, path)
     calls = []
 
-    def fake_densenet121(**kwargs):
-        calls.append(kwargs)
-        return source
+    def fake_get_file(fname, origin, **kwargs):
+        calls.append((fname, origin, kwargs))
+        return path
 
-    monkeypatch.setattr(keras.applications, "DenseNet121", fake_densenet121)
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
     ours = DenseNet121(weights="imagenet", include_top=False, input_shape=SHAPE)
-    assert calls[0]["weights"] == "imagenet"
-    assert not calls[0]["include_top"]
-    features = keras.Model(source.input, source.get_layer("relu").output)
+    # keras.applications.DenseNet121's own file, name and hash.
+    fname, origin, kwargs = calls[0]
+    assert fname == "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert origin.endswith("/keras-applications/densenet/" + fname)
+    assert kwargs == {
+        "cache_subdir": "models",
+        "file_hash": "30ee3e1110167f948a6b9946edeeb738",
+    }
     np.testing.assert_allclose(
-        to_numpy(ours(images)), to_numpy(features(images)), atol=1e-5
+        to_numpy(ours(images)), to_numpy(notop(images)), atol=1e-5
     )
+
+
+def test_weights_load_without_changing_the_image_data_format(
+    source, images, tmp_path, monkeypatch
+):
+    # A user whose Keras is configured channels_first loads a
+    # keras.applications file into a channels_last model: keras.applications
+    # builds DenseNet in channels_last only, so this must not go through it.
+    path = os.path.join(tmp_path, "densenet121.h5")
+    _write_legacy_h5(source, path)
+
+    def refuse(value):
+        raise AssertionError(f"set_image_data_format({value!r}) was called")
+
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        monkeypatch.setattr(keras.config, "set_image_data_format", refuse)
+        monkeypatch.setattr(keras.backend, "set_image_data_format", refuse)
+        ours = DenseNet121(
+            weights=path,
+            input_shape=SHAPE,
+            classes=10,
+            data_format="channels_last",
+        )
+        assert keras.config.image_data_format() == "channels_first"
+    finally:
+        monkeypatch.undo()
+        keras.config.set_image_data_format(previous)
+    np.testing.assert_allclose(
+        to_numpy(ours(images)), to_numpy(source(images)), atol=1e-5
+    )
+
+
+def test_keras_files_of_either_model_load(source, images, tmp_path):
+    theirs = os.path.join(tmp_path, "keras_applications.keras")
+    source.save(theirs)
+    loaded = DenseNet121(weights=theirs, input_shape=SHAPE, classes=10)
+    np.testing.assert_allclose(
+        to_numpy(loaded(images)), to_numpy(source(images)), atol=1e-5
+    )
+    ours = os.path.join(tmp_path, "ours.keras")
+    from_keras_application(source).save(ours)
+    reloaded = DenseNet121(weights=ours, input_shape=SHAPE, classes=10)
+    np.testing.assert_allclose(
+        to_numpy(reloaded(images)), to_numpy(source(images)), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("weights.bin", b"", "`weights` should be None, 'imagenet'.*\\.bin"),
+        ("weights.h5", b"not hdf5", "which is not an HDF5 file"),
+    ],
+    ids=["unknown-extension", "not-hdf5"],
+)
+def test_densenet_errors_if_weights_file_has_another_form(
+    name, content, message, tmp_path
+):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        DenseNet121(weights=str(path), input_shape=SHAPE, classes=10)
+    assert ".weights.h5" in str(info.value) and ".keras" in str(info.value)
 
 
 def test_own_weights_file_round_trips(source, images, tmp_path):
@@ -188,6 +276,7 @@ def test_converted_model_export_serves_without_keras_fusion(
 
 
 def test_channels_first_model_matches_channels_last(source, images):
+    skip_unless_channels_first_convolution_runs()
     ours = from_keras_application(source)
     first = DenseNet121(
         weights=None,
@@ -201,6 +290,23 @@ def test_channels_first_model_matches_channels_last(source, images):
         to_numpy(ours(images)),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs",
+    [
+        (DenseNet121, {"weights": None, "input_shape": SHAPE}),
+        (DenseNet264, {"input_shape": SHAPE}),
+        (DenseNetBC, {"depth": 40}),
+        (DenseNetBC, {"depth": 40, "bottleneck": False}),
+    ],
+    ids=["densenet121", "densenet264", "densenet-bc-40", "densenet-c-40"],
+)
+def test_fresh_models_start_with_distinct_kernels(builder, kwargs):
+    # As keras.applications, which gives every convolution its own
+    # initializer: a shared one would start same-shaped kernels equal.
+    keras.utils.set_random_seed(0)
+    check_distinct_initial_kernels(builder(**kwargs))
 
 
 def test_models_use_the_memory_efficient_layers():
@@ -229,6 +335,55 @@ def test_densenet_bc_variants(kwargs, layers, bottleneck, compression):
         assert block.bottleneck_factor == bottleneck
     assert model.get_layer("transition1").compression == compression
     assert model.output_shape == (None, 10)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: DenseNetBC(depth=40),
+        lambda: DenseNet121(weights=None, input_shape=SHAPE),
+    ],
+    ids=["densenet-bc", "densenet121"],
+)
+def test_every_batch_norm_has_keras_applications_epsilon(model):
+    epsilons = set()
+    for layer in model()._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            epsilons.add(layer.epsilon)
+    assert epsilons == {1.001e-5}
+
+
+def test_builders_accept_numpy_numbers():
+    model = DenseNetBC(
+        depth=np.int64(40),
+        growth_rate=np.int32(12),
+        compression=np.float32(0.5),
+        classes=np.int64(10),
+        dropout_rate=np.float32(0.2),
+        bn_momentum=np.float64(0.9),
+    )
+    reference = DenseNetBC(
+        depth=40,
+        growth_rate=12,
+        compression=0.5,
+        classes=10,
+        dropout_rate=0.2,
+        bn_momentum=0.9,
+    )
+    assert model.name == reference.name
+    assert model.count_params() == reference.count_params()
+    block = model.get_layer("block1")
+    assert type(block.dropout_rate) is float
+    assert block.dropout_rate == float(np.float32(0.2))
+    assert type(block.num_layers) is int
+    densenet = DenseNet121(
+        weights=None, input_shape=SHAPE, classes=np.int64(10)
+    )
+    assert densenet.output_shape == (None, 10)
+    custom = DenseNet(
+        [np.int64(n) for n in (1, 2, 1, 1)], weights=None, input_shape=SHAPE
+    )
+    assert [custom.get_layer(f"conv{i}").num_layers for i in (2, 3)] == [1, 2]
 
 
 def test_densenet_bc_100_has_the_papers_parameter_count():
@@ -263,6 +418,13 @@ def test_densenet_bc_trains():
             "needs input_shape=\\(224, 224, 3\\)",
         ),
         (DenseNetBC, {"depth": 50}, "`depth` should be 3 \\* n \\* 2 \\+ 4"),
+        (DenseNetBC, {"depth": True}, "`depth` should be a positive int"),
+        (DenseNetBC, {"classes": 0}, "`classes` should be a positive int"),
+        (
+            DenseNetBC,
+            {"dropout_rate": True},
+            "`dropout_rate` should be a float in",
+        ),
     ],
 )
 def test_densenet_errors_if_arguments_are_invalid(builder, kwargs, message):

@@ -6,6 +6,8 @@ from keras_fusion import CropAndConcat
 from keras_fusion.models import UNet
 from keras_fusion.models import unet_level_sizes
 from tests.backend_utils import to_numpy
+from tests.layer_test_case import check_distinct_initial_kernels
+from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 # Ronneberger et al. (2015), Fig. 1: the spatial size after each pair of
 # valid 3x3 convolutions, and the size each skip connection is cropped to.
@@ -76,7 +78,36 @@ def test_unet_with_unknown_sizes_matches_static_one():
     assert dynamic(image).shape == (2, 4, 4, 2)
 
 
+def test_unet_default_input_shape_follows_data_format():
+    last = UNet(filters=1)
+    first = UNet(filters=1, data_format="channels_first")
+    assert last.input_shape == (None, 572, 572, 1)
+    assert first.input_shape == (None, 1, 572, 572)
+    assert last.output_shape == (None, 388, 388, 2)
+    assert first.output_shape == (None, 2, 388, 388)
+
+
+def test_unet_accepts_numpy_numbers():
+    model = UNet(
+        input_shape=(108, 108, 1),
+        num_classes=np.int64(3),
+        depth=np.int64(2),
+        filters=np.int32(2),
+    )
+    reference = UNet(
+        input_shape=(108, 108, 1), num_classes=3, depth=2, filters=2
+    )
+    assert model.output_shape == reference.output_shape == (None, 68, 68, 3)
+    assert model.count_params() == reference.count_params()
+
+
+def test_fresh_unet_starts_with_distinct_kernels():
+    keras.utils.set_random_seed(0)
+    check_distinct_initial_kernels(UNet(input_shape=(188, 188, 1), filters=2))
+
+
 def test_unet_channels_first_matches_channels_last():
+    skip_unless_channels_first_convolution_runs()
     last = UNet(input_shape=(188, 188, 1), filters=2)
     first = UNet(
         input_shape=(1, 188, 188), filters=2, data_format="channels_first"
@@ -102,6 +133,19 @@ def test_unet_level_sizes_matches_the_paper():
 def test_unet_errors_if_input_is_too_small():
     with pytest.raises(ValueError, match="too small.*depth 4.*size of 60"):
         UNet(input_shape=(60, 60, 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_classes": 0}, "`num_classes` should be a positive int.*0"),
+        ({"depth": True}, "`depth` should be a positive int.*True"),
+        ({"filters": 2.0}, "`filters` should be a positive int.*2.0"),
+    ],
+)
+def test_unet_errors_if_number_is_invalid(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UNet(**kwargs)
 
 
 def test_unet_errors_if_input_shape_has_wrong_length():

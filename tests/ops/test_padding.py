@@ -1,8 +1,11 @@
+import re
+
 import keras
 import numpy as np
 import pytest
 
 from keras_fusion import ops as kf_ops
+from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 
 # Seed 003's ZeroPadding2D example image.
@@ -152,3 +155,176 @@ def test_pad_to_largest_errors_if_not_given_a_list():
 def test_pad_to_largest_errors_if_ranks_differ():
     with pytest.raises(ValueError, match=r"same rank.*ranks \[4, 3\]"):
         kf_ops.pad_to_largest([np.zeros((1, 6, 6, 1)), np.zeros((1, 6, 1))])
+
+
+# A pad to a size smaller than the input, known only at run time: input
+# spatial size (6, 7), requested (4, 12).
+LARGE = np.zeros((2, 6, 7, 3), "float32")
+SMALLER_SIZE = (4, 12)
+PAD_TOO_SMALL = "smaller than the input.*" + re.escape(
+    "Received: input shape (2, 6, 7, 3), size=(4, 12)"
+)
+# What XLA says: it drops run-time assertions; its Pad rejects the negative
+# amounts (6 -> 4: -1 before, -1 after) when it compiles.
+XLA_PAD_TOO_SMALL = (
+    "(?s)Paddings must be non-negative: -1 -1"
+    ".*center_pad_to_at_least_the_input_size"
+)
+
+
+def dynamic_pad_model(size):
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, kf_ops.center_pad(inputs, size))
+
+
+def test_center_pad_accepts_eager_integer_tensors_and_numpy_integers():
+    x = np.random.default_rng(0).random((2, 4, 7, 3), dtype="float32")
+    y = kf_ops.center_pad(x, (keras.ops.convert_to_tensor(9), np.int64(8)))
+    np.testing.assert_array_equal(
+        to_numpy(y), np.pad(x, ((0, 0), (2, 3), (0, 1), (0, 0)))
+    )
+
+
+def test_center_pad_errors_if_eager_tensor_size_is_smaller_than_input():
+    with pytest.raises(ValueError, match=PAD_TOO_SMALL):
+        kf_ops.center_pad(LARGE, (keras.ops.convert_to_tensor(4), 12))
+
+
+@pytest.mark.parametrize(
+    "size, received",
+    [
+        ((8, "9"), "size=(8, '9'), whose entry 1 is of type str"),
+        (((8, 9), 9), "size=((8, 9), 9), whose entry 0 is of type tuple"),
+        ((8.0, 9), "size=(8.0, 9), whose entry 0 is of type float"),
+        ((False, 9), "size=(False, 9), whose entry 0 is of type bool"),
+    ],
+)
+def test_center_pad_errors_if_size_entries_are_malformed(size, received):
+    with pytest.raises(
+        TypeError,
+        match="`size` should have, for each spatial dimension, an int, "
+        "`None` or a scalar integer tensor.*" + re.escape(received),
+    ):
+        kf_ops.center_pad(np.zeros((1, 6, 6, 1)), size)
+
+
+def test_model_with_unknown_sizes_errors_if_pad_size_is_smaller():
+    with pytest.raises(ValueError, match=PAD_TOO_SMALL):
+        dynamic_pad_model(SMALLER_SIZE)(LARGE)
+
+
+@tensorflow_only
+def test_center_pad_errors_at_run_time_in_tf_function():
+    import tensorflow as tf
+
+    pad = tf.function(
+        lambda x: kf_ops.center_pad(x, SMALLER_SIZE),
+        input_signature=[tf.TensorSpec((None, None, None, 3))],
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=PAD_TOO_SMALL):
+        pad(LARGE)
+
+
+@tensorflow_only
+def test_center_pad_errors_under_xla_if_size_is_smaller_than_input():
+    import tensorflow as tf
+
+    pad = tf.function(
+        lambda x: kf_ops.center_pad(x, SMALLER_SIZE),
+        input_signature=[tf.TensorSpec((None, None, None, 3))],
+        jit_compile=True,
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=XLA_PAD_TOO_SMALL):
+        pad(LARGE)
+
+
+@tensorflow_only
+def test_center_pad_under_xla_with_unknown_sizes_matches_numpy_pad():
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, None, None, 3))
+    pad = tf.function(
+        lambda x, other: (
+            kf_ops.center_pad(x, (tf.shape(x)[1] + 3, 9)),
+            *kf_ops.pad_to_largest([x, other]),
+        ),
+        input_signature=[spec, spec],
+        jit_compile=True,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 4, 7, 3), dtype="float32")
+    other = rng.random((2, 5, 6, 3), dtype="float32")
+    by_size, x_padded, other_padded = pad(x, other)
+    np.testing.assert_array_equal(
+        by_size, np.pad(x, ((0, 0), (1, 2), (1, 1), (0, 0)))
+    )
+    np.testing.assert_array_equal(
+        x_padded, np.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    )
+    np.testing.assert_array_equal(
+        other_padded, np.pad(other, ((0, 0), (0, 0), (0, 1), (0, 0)))
+    )
+
+
+@tensorflow_only
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_model_predict_errors_after_retracing_if_pad_size_is_smaller(
+    jit_compile,
+):
+    import tensorflow as tf
+
+    model = dynamic_pad_model(SMALLER_SIZE)
+    model.compile(jit_compile=jit_compile)
+    valid = np.random.default_rng(0).random((2, 3, 10, 3), dtype="float32")
+    np.testing.assert_array_equal(
+        model.predict(valid, verbose=0),
+        np.pad(valid, ((0, 0), (0, 1), (1, 1), (0, 0))),
+    )
+    # A second input size makes Keras retrace with `None` spatial sizes.
+    match = XLA_PAD_TOO_SMALL if jit_compile else PAD_TOO_SMALL
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        model.predict(LARGE, verbose=0)
+
+
+@tensorflow_only
+def test_exported_saved_model_errors_if_pad_size_is_smaller(tmp_path):
+    import tensorflow as tf
+
+    dynamic_pad_model(SMALLER_SIZE).export(str(tmp_path), verbose=False)
+    serve = tf.saved_model.load(str(tmp_path)).serve
+    valid = np.random.default_rng(0).random((2, 3, 10, 3), dtype="float32")
+    np.testing.assert_array_equal(
+        serve(valid), np.pad(valid, ((0, 0), (0, 1), (1, 1), (0, 0)))
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=PAD_TOO_SMALL):
+        serve(LARGE)
+
+
+@pytest.mark.backends("jax", reason="jax.jit traces with static shapes")
+def test_center_pad_errors_under_jax_jit_if_size_is_smaller_than_input():
+    import jax
+
+    with pytest.raises(ValueError, match=PAD_TOO_SMALL):
+        jax.jit(lambda x: kf_ops.center_pad(x, SMALLER_SIZE))(LARGE)
+
+
+@pytest.mark.backends("jax", reason="jax.jit traces with static shapes")
+def test_center_pad_errors_under_jax_jit_if_size_is_traced():
+    import jax
+
+    pad = jax.jit(lambda x, target: kf_ops.center_pad(x, (target, 9)))
+    with pytest.raises(ValueError, match="should be known when it is traced"):
+        pad(LARGE, 8)
+
+
+@pytest.mark.backends("jax", reason="a jitted predict step per input shape")
+def test_jitted_model_predict_errors_on_a_second_smaller_pad_size():
+    model = dynamic_pad_model(SMALLER_SIZE)
+    model.compile(jit_compile=True)
+    valid = np.random.default_rng(0).random((2, 3, 10, 3), dtype="float32")
+    np.testing.assert_array_equal(
+        model.predict(valid, verbose=0),
+        np.pad(valid, ((0, 0), (0, 1), (1, 1), (0, 0))),
+    )
+    with pytest.raises(ValueError, match=PAD_TOO_SMALL):
+        model.predict(LARGE, verbose=0)

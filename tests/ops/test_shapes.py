@@ -1,7 +1,13 @@
+import re
+
+import keras
+import numpy as np
 import pytest
 
+from keras_fusion.ops.shapes import check_spatial_size
 from keras_fusion.ops.shapes import common_channel_count
 from keras_fusion.ops.shapes import common_spatial_shape
+from keras_fusion.ops.shapes import is_static_size
 from keras_fusion.ops.shapes import largest_spatial_shape
 from keras_fusion.ops.shapes import smallest_spatial_shape
 
@@ -49,3 +55,36 @@ def test_common_channel_count_errors_if_counts_differ():
         r"Received: channels \[3, 5\]",
     ):
         common_channel_count([(1, 3, 8), (1, 5, 8)], 1, "Fuse", "project them")
+
+
+def test_is_static_size():
+    assert is_static_size(3) and is_static_size(np.int64(3))
+    assert not is_static_size(True)
+    assert not is_static_size(3.0)
+    assert not is_static_size(keras.ops.convert_to_tensor(3))
+
+
+def test_check_spatial_size_reads_known_sizes_as_ints():
+    size = check_spatial_size(
+        (np.int64(3), None, keras.ops.convert_to_tensor(4)), rank=5
+    )
+    assert size == (3, None, 4)
+    assert all(type(s) is int for s in (size[0], size[2]))
+
+
+@pytest.mark.parametrize(
+    "size, error, match",
+    [
+        ((2, "3"), TypeError, "whose entry 1 is of type str"),
+        (((1, 2), (3, 4, 5)), TypeError, "whose entry 0 is of type tuple"),
+        ((2, 3.5), TypeError, "whose entry 1 is of type float"),
+        ((True, 3), TypeError, "whose entry 0 is of type bool"),
+        ((np.array([2]), 3), TypeError, "a tensor of dtype int64 and shape"),
+        ((2, -3), ValueError, "negative sizes. Received: size=(2, -3)"),
+        ((2,), ValueError, "a list of 2 sizes"),
+        (3, ValueError, "a list of 2 sizes"),
+    ],
+)
+def test_check_spatial_size_errors(size, error, match):
+    with pytest.raises(error, match=re.escape(match)):
+        check_spatial_size(size, rank=4)

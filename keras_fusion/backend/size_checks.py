@@ -1,0 +1,185 @@
+"""Centre crops and pads whose sizes are known only at run time, checked.
+
+Why this is backend code and not `keras.ops`:
+
+- `keras.ops` has no assertion. With TensorFlow, spatial sizes that are
+  unknown when a graph is traced (a `tf.function` or SavedModel signature
+  with `None` sizes, a Keras model retraced with relaxed shapes) are
+  tensors, and a crop to a larger size or a pad to a smaller one must stop
+  the graph when it runs: `tf.debugging.Assert` does that, with the message
+  of the static check and the run-time sizes in it.
+- XLA drops `Assert` ops, and the strided slice behind `x[a:b]` wraps a
+  negative start, so an XLA-compiled crop to a larger size returned a
+  smaller one without a word. `tf.slice` and `tf.pad` instead check their
+  begin and size, or paddings, when XLA compiles them (the shapes are
+  constants then). The crop's start is clamped at 0 so that XLA's error
+  names the input size and the requested one ("Expected size[1] in [0, 6],
+  but got 10"), and the op names say what was required, as XLA's error
+  names the failing node.
+- Concrete tensors (eager TensorFlow tensors, JAX arrays outside
+  `jax.jit`) are read as ints, so the static checks apply to them: slicing
+  with a concrete negative start wraps as well.
+
+JAX traces with static shapes (`jax.jit`) and PyTorch runs eagerly, so
+there the sizes are ints, the static checks catch a wrong size and the
+crop or pad is plain `keras.ops`; a size that JAX traces raises.
+"""
+
+import string
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def static_size(value):
+    """`value` as a Python int if it is known before run time.
+
+    Python and NumPy integers, eager TensorFlow tensors, constants inside a
+    `tf.function` and JAX arrays outside `jax.jit` are known; a TensorFlow
+    tensor whose value is known only at run time comes back as an int32
+    tensor (the dtype of `tf.shape`, which it is compared with), and
+    anything else (a JAX tracer, a symbolic dimension) unchanged.
+    """
+    if isinstance(value, (int, np.integer, np.ndarray)):
+        return int(value)
+    if not ops.is_tensor(value):
+        return value
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        known = tf.get_static_value(value)
+        return tf.cast(value, "int32") if known is None else int(known)
+    if backend == "jax":
+        import jax
+
+        if isinstance(value, jax.core.Tracer):
+            return value
+    return int(value)
+
+
+def checked_slice(x, begin, size, name, message, fields):
+    """`x[begin:begin + size]` on every axis, failing if out of range.
+
+    Starts and sizes that are ints are the caller's to check; the check
+    here covers those known only at run time.
+
+    Args:
+        x: a tensor.
+        begin: the start on every axis: ints or scalar int32 tensors.
+        size: the size on every axis: ints, scalar int32 tensors, or `None`
+            for the rest of the axis.
+        name: the name of the slice op, which an XLA error ends with.
+        message: the error message if a start or size is out of range, a
+            `str.format` template whose fields are in `fields`.
+        fields: the template's fields: tuples of ints, `None`s and scalar
+            tensors, printed as Python prints tuples.
+    """
+    if all(isinstance(b, int) for b in begin):
+        return x[
+            tuple(
+                slice(b, None if s is None else b + s)
+                for b, s in zip(begin, size, strict=True)
+            )
+        ]
+    tf = _tensorflow_for_run_time_sizes(fields)
+    shape = tf.shape(x)
+    in_range = [
+        (begin[axis] >= 0) & (s >= 0) & (begin[axis] + s <= shape[axis])
+        for axis, s in enumerate(size)
+        if s is not None
+    ]
+    x = _check(x, tf.reduce_all(tf.stack(in_range)), message, fields, name)
+    size = tf.stack([_slice_size(s) for s in size])
+    return tf.slice(x, tf.maximum(tf.stack(begin), 0), size, name)
+
+
+def checked_pad(x, pad_width, name, message, fields):
+    """`x` zero-padded by `pad_width`, failing if an amount is negative.
+
+    Amounts that are ints are the caller's to check; the check here covers
+    those known only at run time.
+
+    Args:
+        x: a tensor.
+        pad_width: `(before, after)` for every axis: ints or scalar int32
+            tensors.
+        name: the name of the pad op, which an XLA error ends with.
+        message: the error message if an amount is negative, a `str.format`
+            template whose fields are in `fields`.
+        fields: the template's fields, as in `checked_slice`.
+    """
+    if all(isinstance(a, int) for amounts in pad_width for a in amounts):
+        return ops.pad(x, pad_width)
+    tf = _tensorflow_for_run_time_sizes(fields)
+    paddings = tf.stack([tf.stack(amounts) for amounts in pad_width])
+    x = _check(x, tf.reduce_all(paddings >= 0), message, fields, name)
+    return tf.pad(x, paddings, name=name)
+
+
+def _tensorflow_for_run_time_sizes(fields):
+    """TensorFlow, the one backend whose traced spatial sizes are tensors.
+
+    Under `jax.jit` the sizes of a crop or pad set the output shape, so
+    they cannot be traced values; `jax.export`'s symbolic dimensions fail
+    JAX's own slicing and padding, with a less direct message.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            f"With the {backend} backend, the spatial sizes of a crop or pad "
+            "should be known when it is traced (they set the output shape): "
+            "pass ints for `size` (static arguments of `jax.jit`) and give "
+            "`jax.export` fixed spatial sizes. Received: input shape "
+            f"{tuple(fields['shape'])}, size={tuple(fields['size'])}"
+        )
+    import tensorflow as tf
+
+    return tf
+
+
+def _slice_size(size):
+    """`size` as `tf.slice` reads it, where -1 means "to the end"."""
+    import tensorflow as tf
+
+    if size is None:
+        return -1
+    if tf.is_tensor(size):
+        # A negative run-time size must stay invalid when XLA compiles the
+        # slice, where the run-time check is dropped.
+        return tf.where(size == -1, -2, size)
+    return size
+
+
+def _check(x, condition, message, fields, name):
+    """`x`, available only once a run-time check of `condition` passed."""
+    import tensorflow as tf
+
+    check = tf.debugging.Assert(
+        condition, [_format(message, fields)], name=f"{name}_check"
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
+def _format(message, fields):
+    """`message.format(**fields)` as a string tensor."""
+    import tensorflow as tf
+
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(message):
+        parts.append(literal)
+        if field is not None:
+            parts.append(_tuple_text(fields[field]))
+    return tf.strings.join(parts)
+
+
+def _tuple_text(values):
+    import tensorflow as tf
+
+    texts = [
+        tf.strings.as_string(v) if tf.is_tensor(v) else str(v) for v in values
+    ]
+    closing = ",)" if len(texts) == 1 else ")"
+    return tf.strings.join(["(", tf.strings.join(texts, ", "), closing])
