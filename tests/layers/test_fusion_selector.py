@@ -329,15 +329,21 @@ def test_bn_before_concat_matches_bn_then_concatenate_in_training():
         )
         # Equal moving statistics after each step: updated exactly once
         # per step, each from its own input.
-        for index, reference in enumerate(references):
-            variables = sublayer_variables(layer, f"bn_{index}")
-            for name in ("moving_mean", "moving_variance"):
-                np.testing.assert_allclose(
-                    to_numpy(variables[name]),
-                    to_numpy(getattr(reference, name)),
-                    rtol=0,
-                    atol=1e-5,
-                )
+        _assert_moving_statistics_equal(layer, references)
+
+
+def _assert_moving_statistics_equal(layer, references):
+    """`layer`'s BatchNorm sublayer `bn_i` has the moving statistics of
+    `references[i]`."""
+    for index, reference in enumerate(references):
+        variables = sublayer_variables(layer, f"bn_{index}")
+        for name in ("moving_mean", "moving_variance"):
+            np.testing.assert_allclose(
+                to_numpy(variables[name]),
+                to_numpy(getattr(reference, name)),
+                rtol=0,
+                atol=1e-5,
+            )
 
 
 def test_bn_before_concat_matches_bn_then_concatenate_in_inference():
@@ -1243,15 +1249,7 @@ def test_bn_before_concat_normalizes_with_masks_passed_explicitly():
     np.testing.assert_allclose(
         to_numpy(output), to_numpy(expected), rtol=0, atol=1e-5
     )
-    for index, reference in enumerate(references):
-        variables = sublayer_variables(layer, f"bn_{index}")
-        for name in ("moving_mean", "moving_variance"):
-            np.testing.assert_allclose(
-                to_numpy(variables[name]),
-                to_numpy(getattr(reference, name)),
-                rtol=0,
-                atol=1e-5,
-            )
+    _assert_moving_statistics_equal(layer, references)
 
 
 def test_bn_before_concat_errors_if_masked_with_channels_first():
