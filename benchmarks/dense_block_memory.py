@@ -19,8 +19,8 @@ drifts in machine speed hit all of them alike. Results go to
 another directory, for trial runs).
 
 The peak is read from TensorFlow's allocator statistics, in a process
-started by `keras_fusion.utils.measure_in_fresh_process` with oneDNN on:
-on a CPU only oneDNN's allocator keeps them (`keras_fusion/utils/memory.py`
+started by `keras_fusion.profiling.measure_in_fresh_process` with oneDNN on:
+on a CPU only oneDNN's allocator keeps them (`keras_fusion/profiling.py`
 says why); the table's header names the allocator measured.
 """
 
@@ -32,7 +32,7 @@ from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import run_worker
 from benchmarks.common import write_results
-from keras_fusion.utils import measure_step
+from keras_fusion.profiling import measure_step
 
 IMPLEMENTATIONS = ("baseline", "full", "concat_bn")
 GROWTH_RATE = 12

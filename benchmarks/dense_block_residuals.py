@@ -9,7 +9,7 @@ Runs on the JAX backend (it sets `KERAS_BACKEND=jax`). For the plain block
 configuration of `benchmarks.dense_block_memory`), it lists the residuals
 JAX keeps from the forward pass for the gradients of `sum(block(x))` with
 respect to the weights and `x` (`jax.ad_checkpoint.print_saved_residuals`,
-through `keras_fusion.utils.saved_residuals`) and sums their bytes, leaving
+through `benchmarks.residuals.saved_residuals`) and sums their bytes, leaving
 out the function's arguments (weights and input), which exist anyway. The
 count is exact: it depends on the traced program, not on timing. Each
 configuration runs in a fresh process, which also times `--repeats` jitted
@@ -43,8 +43,8 @@ def worker(implementation, num_layers, repeats):
     import keras
     import numpy as np
 
+    from benchmarks.residuals import saved_residuals
     from keras_fusion import MemoryEfficientDenseBlock
-    from keras_fusion.utils import saved_residuals
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     keras.utils.set_random_seed(0)

@@ -24,7 +24,7 @@ from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import run_worker
 from benchmarks.common import write_results
-from keras_fusion.utils import measure_step
+from keras_fusion.profiling import measure_step
 
 BLOCKS = {
     121: (6, 12, 24, 16),

@@ -23,8 +23,8 @@ import os
 import sys
 import time
 
-from keras_fusion.utils.memory import AllocatorStatsUnavailableError
-from keras_fusion.utils.memory import measure_in_fresh_process
+from keras_fusion.profiling import AllocatorStatsUnavailableError
+from keras_fusion.profiling import measure_in_fresh_process
 
 _INSTALL_HINT = (
     "The demo needs scikit-learn (its digits data set) and matplotlib; "
@@ -392,7 +392,7 @@ def memory_worker(depth, recompute, batch):
     import tensorflow as tf
 
     from keras_fusion.models import DenseNetBC
-    from keras_fusion.utils import measure_step
+    from keras_fusion.profiling import measure_step
 
     keras.utils.set_random_seed(0)
     model = DenseNetBC(
@@ -423,7 +423,7 @@ def memory_worker(depth, recompute, batch):
 def _export(model, images, output):
     import numpy as np
 
-    from keras_fusion.utils import serve_in_fresh_process
+    from keras_fusion._internal.serving import serve_in_fresh_process
 
     export_dir = os.path.join(output, "unet_savedmodel")
     start = time.perf_counter()

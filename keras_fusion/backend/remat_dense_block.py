@@ -34,7 +34,7 @@ the plain block's (`recompute=False`); the tests check it.
 import keras
 from keras import ops
 
-from keras_fusion.ops.shapes import channel_axis
+from keras_fusion._internal.checks import channel_axis
 
 _BOTTLENECK = "keras_fusion_bottleneck"
 

@@ -1,15 +1,15 @@
 import keras
 from keras import ops
 
+from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import resolve_channel_axis
+from keras_fusion._internal.checks import smallest_spatial_shape
+from keras_fusion._internal.checks import spatial_axes
+from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion._internal.checks import validate_axis_argument
+from keras_fusion._internal.masking import check_masks
+from keras_fusion._internal.masking import fuse_masks
 from keras_fusion.ops.cropping import crop_to_smallest
-from keras_fusion.ops.masking import check_masks
-from keras_fusion.ops.masking import fuse_masks
-from keras_fusion.ops.shapes import check_fusion_input_shapes
-from keras_fusion.ops.shapes import resolve_channel_axis
-from keras_fusion.ops.shapes import smallest_spatial_shape
-from keras_fusion.ops.shapes import spatial_axes
-from keras_fusion.ops.shapes import standardize_data_format
-from keras_fusion.ops.shapes import validate_axis_argument
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")

@@ -3,11 +3,11 @@ import math
 import keras
 from keras import ops
 
-from keras_fusion.ops.shapes import channel_axis
-from keras_fusion.ops.shapes import check_feature_map_shape
-from keras_fusion.ops.shapes import check_real
-from keras_fusion.ops.shapes import check_synchronized
-from keras_fusion.ops.shapes import standardize_data_format
+from keras_fusion._internal.checks import channel_axis
+from keras_fusion._internal.checks import check_feature_map_shape
+from keras_fusion._internal.checks import check_real
+from keras_fusion._internal.checks import check_synchronized
+from keras_fusion._internal.checks import standardize_data_format
 
 _CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
 _POOL_CLASSES = {

@@ -10,11 +10,11 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_fusion._internal.checks import check_positive_int
+from keras_fusion._internal.checks import check_synchronized
+from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.transition_block import TransitionBlock
-from keras_fusion.ops.shapes import check_positive_int
-from keras_fusion.ops.shapes import check_synchronized
-from keras_fusion.ops.shapes import standardize_data_format
 
 _BN_EPSILON = 1.001e-5
 _WEIGHTS_FORMS = (

@@ -2,9 +2,9 @@
 
 import keras
 
+from keras_fusion._internal.checks import check_positive_int
+from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
-from keras_fusion.ops.shapes import check_positive_int
-from keras_fusion.ops.shapes import standardize_data_format
 
 
 def unet_level_sizes(size, depth=4):

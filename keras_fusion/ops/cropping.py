@@ -16,15 +16,15 @@ the sizes in the message (see `keras_fusion.backend.size_checks`).
 import keras
 from keras import ops
 
+from keras_fusion._internal.checks import check_feature_map
+from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import check_spatial_size
+from keras_fusion._internal.checks import is_static_size
+from keras_fusion._internal.checks import smallest_spatial_shape
+from keras_fusion._internal.checks import spatial_axes
+from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.backend.size_checks import checked_slice
 from keras_fusion.backend.size_checks import static_size
-from keras_fusion.ops.shapes import check_feature_map
-from keras_fusion.ops.shapes import check_fusion_input_shapes
-from keras_fusion.ops.shapes import check_spatial_size
-from keras_fusion.ops.shapes import is_static_size
-from keras_fusion.ops.shapes import smallest_spatial_shape
-from keras_fusion.ops.shapes import spatial_axes
-from keras_fusion.ops.shapes import standardize_data_format
 
 _CROP_TOO_LARGE = (
     "Cannot centre-crop to a size larger than the input: `size` should be "

@@ -15,15 +15,15 @@ run-time shape; a pad to a size smaller than the input raises when it runs
 import keras
 from keras import ops
 
+from keras_fusion._internal.checks import check_feature_map
+from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import check_spatial_size
+from keras_fusion._internal.checks import is_static_size
+from keras_fusion._internal.checks import largest_spatial_shape
+from keras_fusion._internal.checks import spatial_axes
+from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.backend.size_checks import checked_pad
 from keras_fusion.ops.cropping import center_crop_offsets
-from keras_fusion.ops.shapes import check_feature_map
-from keras_fusion.ops.shapes import check_fusion_input_shapes
-from keras_fusion.ops.shapes import check_spatial_size
-from keras_fusion.ops.shapes import is_static_size
-from keras_fusion.ops.shapes import largest_spatial_shape
-from keras_fusion.ops.shapes import spatial_axes
-from keras_fusion.ops.shapes import standardize_data_format
 
 _PAD_TOO_SMALL = (
     "Cannot zero-pad to a size smaller than the input: `size` should be at "

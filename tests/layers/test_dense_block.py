@@ -315,7 +315,7 @@ def test_backward_pass_recomputes_every_layer(policy):
     ids=["full", "concat_bn", "concat_bn-no-bottleneck"],
 )
 def test_jax_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
-    from keras_fusion.utils import saved_residual_bytes
+    from benchmarks.residuals import saved_residual_bytes
 
     def residuals(recompute, num_layers):
         block = MemoryEfficientDenseBlock(

@@ -1,6 +1,5 @@
-"""Memory of a training step: TensorFlow's allocator peak and time
-(`measure_step`, run through `measure_in_fresh_process`), JAX's saved
-residuals (`saved_residuals`).
+"""Peak memory and time of a training step, measured by TensorFlow's
+allocator: `measure_step`, run through `measure_in_fresh_process`.
 
 Why TensorFlow's allocator is measured in a fresh process with oneDNN on:
 `tf.config.experimental.get_memory_info` and `reset_memory_stats` read the
@@ -23,15 +22,11 @@ raises `AllocatorStatsUnavailableError`, which `measure_in_fresh_process`
 raises again in the calling process.
 """
 
-import contextlib
 import importlib
 import importlib.util
 import inspect
-import io
 import json
-import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -42,10 +37,10 @@ import time
 _ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 # Prefix of the line on which the measuring process reports its outcome;
 # the worker may print lines of its own.
-_OUTCOME = "keras_fusion.utils.memory outcome: "
+_OUTCOME = "keras_fusion.profiling outcome: "
 _CHILD = (
     "import sys; sys.path[:0] = {path!r}; "
-    "from keras_fusion.utils.memory import _run_worker_from_stdin; "
+    "from keras_fusion.profiling import _run_worker_from_stdin; "
     "_run_worker_from_stdin()"
 )
 
@@ -89,7 +84,7 @@ def measure_in_fresh_process(worker, *args, timeout=1800, env=None):
 
     Example:
 
-    >>> from keras_fusion.utils import measure_in_fresh_process
+    >>> from keras_fusion.profiling import measure_in_fresh_process
     >>> measure_in_fresh_process("os:getenv", "TF_ENABLE_ONEDNN_OPTS")
     '1'
     """
@@ -275,64 +270,6 @@ def _unavailable_message(device):
     return (
         f"{what}: on a CPU only oneDNN's allocator keeps them, and oneDNN "
         f"is off in this process ({reason}); measure through "
-        "keras_fusion.utils.measure_in_fresh_process, which turns it on "
+        "keras_fusion.profiling.measure_in_fresh_process, which turns it on "
         "in a fresh process"
-    )
-
-
-_RESIDUAL = re.compile(r"^([a-z]+?)(\d*)\[([\d,]*)\]\s+(.*)$")
-
-
-def saved_residuals(layer, inputs, training=True):
-    """The residuals JAX saves for the backward pass of `layer`.
-
-    Differentiates `sum(layer(inputs))` with respect to the layer's
-    trainable weights and its inputs (through `layer.stateless_call`) and
-    lists what `jax.ad_checkpoint.print_saved_residuals` reports: one
-    `(dtype, shape, nbytes, source)` tuple per saved array. The sum keeps
-    the loss itself from adding residuals. Needs the JAX backend.
-    """
-    import jax
-    import keras
-
-    if keras.backend.backend() != "jax":
-        raise ValueError(
-            "`saved_residuals` needs the JAX backend. Received: backend="
-            f"{keras.backend.backend()!r}"
-        )
-    if not layer.built:
-        layer(inputs, training=False)
-    trainable = [v.value for v in layer.trainable_variables]
-    non_trainable = [v.value for v in layer.non_trainable_variables]
-
-    def loss(trainable, inputs):
-        outputs, _ = layer.stateless_call(
-            trainable, non_trainable, inputs, training=training
-        )
-        return keras.ops.sum(keras.ops.cast(outputs, "float32"))
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        jax.ad_checkpoint.print_saved_residuals(loss, trainable, inputs)
-    residuals = []
-    for line in printed.getvalue().splitlines():
-        match = _RESIDUAL.match(line.strip())
-        if match is None:
-            raise RuntimeError(f"unexpected residual line: {line!r}")
-        kind, bits, dims, source = match.groups()
-        shape = tuple(int(d) for d in dims.split(",") if d)
-        itemsize = int(bits) // 8 if bits else 1  # bool
-        nbytes = itemsize * math.prod(shape)
-        residuals.append((f"{kind}{bits}", shape, nbytes, source))
-    return residuals
-
-
-def saved_residual_bytes(layer, inputs, training=True):
-    """Bytes of the residuals JAX saves for `layer`'s backward pass, leaving
-    out its arguments (weights and inputs), which exist anyway; see
-    `saved_residuals`."""
-    return sum(
-        nbytes
-        for _, _, nbytes, source in saved_residuals(layer, inputs, training)
-        if not source.startswith("from the argument")
     )

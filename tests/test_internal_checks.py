@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fusion.ops.shapes import check_spatial_size
-from keras_fusion.ops.shapes import common_channel_count
-from keras_fusion.ops.shapes import common_spatial_shape
-from keras_fusion.ops.shapes import is_static_size
-from keras_fusion.ops.shapes import largest_spatial_shape
-from keras_fusion.ops.shapes import smallest_spatial_shape
+from keras_fusion._internal.checks import check_spatial_size
+from keras_fusion._internal.checks import common_channel_count
+from keras_fusion._internal.checks import common_spatial_shape
+from keras_fusion._internal.checks import is_static_size
+from keras_fusion._internal.checks import largest_spatial_shape
+from keras_fusion._internal.checks import smallest_spatial_shape
 
 
 def test_largest_and_smallest_spatial_shape_keep_unknown_sizes():
