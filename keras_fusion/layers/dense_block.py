@@ -63,9 +63,9 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
             leaves it out (BatchNorm -> ReLU -> 3x3 convolution).
         dropout_rate: dropout after each 3x3 convolution, in training.
         recompute: `"full"` (same as `True`), `"concat_bn"` or `False`.
-        epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
+        batch_norm_epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
             default.
-        momentum: BatchNorm momentum of the moving statistics.
+        batch_norm_momentum: BatchNorm momentum of the moving statistics.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         kernel_initializer: initializer of the convolution kernels.
@@ -98,8 +98,8 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         bottleneck_factor=4,
         dropout_rate=0.0,
         recompute=True,
-        epsilon=1.001e-5,
-        momentum=0.99,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1.001e-5,
         data_format=None,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
@@ -125,11 +125,17 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
                 "`recompute` should be one of 'full' (or True), 'concat_bn' "
                 f"or False. Received: recompute={recompute!r}"
             )
-        epsilon = check_real(
-            epsilon, "epsilon", "a positive float", lambda v: v > 0
+        batch_norm_epsilon = check_real(
+            batch_norm_epsilon,
+            "batch_norm_epsilon",
+            "a positive float",
+            lambda v: v > 0,
         )
-        momentum = check_real(
-            momentum, "momentum", "a float in [0, 1]", lambda v: 0 <= v <= 1
+        batch_norm_momentum = check_real(
+            batch_norm_momentum,
+            "batch_norm_momentum",
+            "a float in [0, 1]",
+            lambda v: 0 <= v <= 1,
         )
         self.num_layers = num_layers
         self.growth_rate = growth_rate
@@ -137,8 +143,8 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         self.dropout_rate = dropout_rate
         self.recompute = recompute
         self.recompute_policy = _POLICIES.get(recompute, False)
-        self.epsilon = epsilon
-        self.momentum = momentum
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.batch_norm_momentum = batch_norm_momentum
         self.data_format = standardize_data_format(data_format)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -207,8 +213,8 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
                 "bottleneck_factor": self.bottleneck_factor,
                 "dropout_rate": self.dropout_rate,
                 "recompute": self.recompute,
-                "epsilon": self.epsilon,
-                "momentum": self.momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+                "batch_norm_momentum": self.batch_norm_momentum,
                 "data_format": self.data_format,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
@@ -236,8 +242,8 @@ class _DenseLayerParts:
         }
         bn_args = {
             "axis": axis,
-            "epsilon": block.epsilon,
-            "momentum": block.momentum,
+            "epsilon": block.batch_norm_epsilon,
+            "momentum": block.batch_norm_momentum,
             "synchronized": block.synchronized,
             **common,
         }

@@ -21,24 +21,24 @@ _POOL_CLASSES = {
 class TransitionBlock(keras.layers.Layer):
     """The DenseNet transition between dense blocks (DenseNet-C).
 
-    BatchNorm -> ReLU -> 1x1 convolution to `floor(C * compression)`
+    BatchNorm -> ReLU -> 1x1 convolution to `floor(C * compression_ratio)`
     channels -> 2x2 average pooling with stride 2, as
     `keras.applications.densenet.transition_block` (Huang et al. 2017: the
-    compression factor `theta`, 0.5 in DenseNet-BC).
+    compression_ratio factor `theta`, 0.5 in DenseNet-BC).
 
     Example:
 
     >>> import numpy as np
     >>> from keras_fusion import TransitionBlock
     >>> x = np.random.rand(2, 16, 16, 72).astype("float32")
-    >>> tuple(TransitionBlock(compression=0.5)(x).shape)
+    >>> tuple(TransitionBlock(compression_ratio=0.5)(x).shape)
     (2, 8, 8, 36)
 
     Args:
-        compression: the fraction of channels kept, in `(0, 1]`.
-        epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
+        compression_ratio: the fraction of channels kept, in `(0, 1]`.
+        batch_norm_epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
             default.
-        momentum: BatchNorm momentum of the moving statistics.
+        batch_norm_momentum: BatchNorm momentum of the moving statistics.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         kernel_initializer: initializer of the convolution kernel.
@@ -52,7 +52,7 @@ class TransitionBlock(keras.layers.Layer):
         A 3D, 4D or 5D feature map with a known channel count `C`.
 
     Output shape:
-        `floor(C * compression)` channels, each spatial size halved
+        `floor(C * compression_ratio)` channels, each spatial size halved
         (rounded down).
 
     Sublayers, for `keras.applications` weight mapping: `bn` and `conv`
@@ -61,9 +61,9 @@ class TransitionBlock(keras.layers.Layer):
 
     def __init__(
         self,
-        compression=0.5,
-        epsilon=1.001e-5,
-        momentum=0.99,
+        compression_ratio=0.5,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1.001e-5,
         data_format=None,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
@@ -71,17 +71,23 @@ class TransitionBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.compression = check_real(
-            compression,
-            "compression",
+        self.compression_ratio = check_real(
+            compression_ratio,
+            "compression_ratio",
             "a float in (0, 1]",
             lambda v: 0 < v <= 1,
         )
-        self.epsilon = check_real(
-            epsilon, "epsilon", "a positive float", lambda v: v > 0
+        self.batch_norm_epsilon = check_real(
+            batch_norm_epsilon,
+            "batch_norm_epsilon",
+            "a positive float",
+            lambda v: v > 0,
         )
-        self.momentum = check_real(
-            momentum, "momentum", "a float in [0, 1]", lambda v: 0 <= v <= 1
+        self.batch_norm_momentum = check_real(
+            batch_norm_momentum,
+            "batch_norm_momentum",
+            "a float in [0, 1]",
+            lambda v: 0 <= v <= 1,
         )
         self.data_format = standardize_data_format(data_format)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -95,8 +101,8 @@ class TransitionBlock(keras.layers.Layer):
         self.filters = self._filters(channels)
         self.bn = keras.layers.BatchNormalization(
             axis=axis,
-            epsilon=self.epsilon,
-            momentum=self.momentum,
+            epsilon=self.batch_norm_epsilon,
+            momentum=self.batch_norm_momentum,
             synchronized=self.synchronized,
             dtype=self.dtype_policy,
             name="bn",
@@ -138,9 +144,9 @@ class TransitionBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "compression": self.compression,
-                "epsilon": self.epsilon,
-                "momentum": self.momentum,
+                "compression_ratio": self.compression_ratio,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+                "batch_norm_momentum": self.batch_norm_momentum,
                 "data_format": self.data_format,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
@@ -155,6 +161,6 @@ class TransitionBlock(keras.layers.Layer):
 
     def _filters(self, channels):
         # keras.applications.densenet.transition_block takes
-        # int(channels * compression), the floor for positive values; at
+        # int(channels * compression_ratio), the floor for positive values; at
         # least one channel is kept where that would give none.
-        return max(1, math.floor(channels * self.compression))
+        return max(1, math.floor(channels * self.compression_ratio))

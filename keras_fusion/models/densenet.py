@@ -288,7 +288,7 @@ def DenseNet(
             growth_rate,
             dropout_rate=dropout_rate,
             recompute=recompute,
-            epsilon=_BN_EPSILON,
+            batch_norm_epsilon=_BN_EPSILON,
             data_format=data_format,
             synchronized=synchronized,
             name=f"conv{index + 2}",
@@ -296,7 +296,7 @@ def DenseNet(
         if index < len(blocks) - 1:
             x = TransitionBlock(
                 0.5,
-                epsilon=_BN_EPSILON,
+                batch_norm_epsilon=_BN_EPSILON,
                 data_format=data_format,
                 synchronized=synchronized,
                 name=f"pool{index + 2}",
@@ -420,7 +420,7 @@ def DenseNetBC(
             bottleneck_factor=4 if bottleneck else None,
             dropout_rate=dropout_rate,
             recompute=recompute,
-            momentum=bn_momentum,
+            batch_norm_momentum=bn_momentum,
             data_format=data_format,
             synchronized=synchronized,
             name=f"block{index + 1}",
@@ -428,7 +428,7 @@ def DenseNetBC(
         if index < 2:
             x = TransitionBlock(
                 compression,
-                momentum=bn_momentum,
+                batch_norm_momentum=bn_momentum,
                 data_format=data_format,
                 synchronized=synchronized,
                 name=f"transition{index + 1}",

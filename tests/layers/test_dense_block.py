@@ -349,8 +349,14 @@ def test_jax_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
             r"`dropout_rate` should be a float in \[0, 1\).*1.0",
         ),
         ({"recompute": "yes"}, "`recompute` should be one of.*'yes'"),
-        ({"epsilon": 0}, "`epsilon` should be a positive float.*0"),
-        ({"momentum": 2}, r"`momentum` should be a float in \[0, 1\].*2"),
+        (
+            {"batch_norm_epsilon": 0},
+            "`batch_norm_epsilon` should be a positive float.*0",
+        ),
+        (
+            {"batch_norm_momentum": 2},
+            r"`batch_norm_momentum` should be a float in \[0, 1\].*2",
+        ),
         ({"data_format": "NCHW"}, "`data_format`.*'NCHW'"),
     ],
 )
@@ -366,8 +372,8 @@ def test_dense_block_accepts_numpy_numbers():
         np.int32(4),
         bottleneck_factor=np.int64(2),
         dropout_rate=np.float32(0.25),
-        epsilon=np.float64(1e-3),
-        momentum=np.float32(0.5),
+        batch_norm_epsilon=np.float64(1e-3),
+        batch_norm_momentum=np.float32(0.5),
     )
     config = block.get_config()
     expected = {
@@ -375,8 +381,8 @@ def test_dense_block_accepts_numpy_numbers():
         "growth_rate": 4,
         "bottleneck_factor": 2,
         "dropout_rate": 0.25,
-        "epsilon": 1e-3,
-        "momentum": 0.5,
+        "batch_norm_epsilon": 1e-3,
+        "batch_norm_momentum": 0.5,
     }
     for name, value in expected.items():
         assert config[name] == value and type(config[name]) is type(value)
@@ -386,7 +392,7 @@ def test_dense_block_accepts_numpy_numbers():
 
 
 @pytest.mark.parametrize(
-    "name", ["num_layers", "growth_rate", "dropout_rate", "epsilon"]
+    "name", ["num_layers", "growth_rate", "dropout_rate", "batch_norm_epsilon"]
 )
 def test_dense_block_errors_if_number_is_a_bool(name):
     kwargs = {"num_layers": 2, "growth_rate": 4, name: True}

@@ -15,7 +15,7 @@ LAYER_CASES = pytest.mark.parametrize(
     "input_shape, kwargs, expected",
     [
         ((2, 8, 8, 10), {}, (2, 4, 4, 5)),
-        ((2, 9, 7), {"compression": 0.25}, (2, 4, 1)),
+        ((2, 9, 7), {"compression_ratio": 0.25}, (2, 4, 1)),
         ((1, 4, 6, 6, 6), {}, (1, 2, 3, 3, 3)),
         ((2, 10, 8, 8), {"data_format": "channels_first"}, (2, 5, 4, 4)),
     ],
@@ -72,26 +72,30 @@ def test_matches_keras_applications_transition_block():
 
 
 def test_output_channels_are_floor_of_compression():
-    layer = TransitionBlock(compression=0.5)
+    layer = TransitionBlock(compression_ratio=0.5)
     assert layer.compute_output_shape((None, 8, 8, 7)) == (None, 4, 4, 3)
     assert layer.compute_output_shape((None, None, 9, 7)) == (None, None, 4, 3)
 
 
 @pytest.mark.parametrize("compression", [0, 1.5, "half", True])
 def test_transition_block_errors_if_compression_is_invalid(compression):
-    with pytest.raises(ValueError, match=r"`compression` should be a float in"):
-        TransitionBlock(compression=compression)
+    with pytest.raises(
+        ValueError, match=r"`compression_ratio` should be a float in"
+    ):
+        TransitionBlock(compression_ratio=compression)
 
 
 def test_transition_block_accepts_numpy_numbers():
     layer = TransitionBlock(
-        np.float32(0.5), epsilon=np.float64(1e-3), momentum=np.float32(0.5)
+        np.float32(0.5),
+        batch_norm_epsilon=np.float64(1e-3),
+        batch_norm_momentum=np.float32(0.5),
     )
     config = layer.get_config()
     for name, value in {
-        "compression": 0.5,
-        "epsilon": 1e-3,
-        "momentum": 0.5,
+        "compression_ratio": 0.5,
+        "batch_norm_epsilon": 1e-3,
+        "batch_norm_momentum": 0.5,
     }.items():
         assert config[name] == value and type(config[name]) is float
     assert tuple(layer(make_inputs((1, 4, 4, 6))).shape) == (1, 2, 2, 3)
@@ -100,10 +104,22 @@ def test_transition_block_accepts_numpy_numbers():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"epsilon": 0}, "`epsilon` should be a positive float.*0"),
-        ({"epsilon": "small"}, "`epsilon` should be a positive float"),
-        ({"momentum": 1.5}, r"`momentum` should be a float in \[0, 1\].*1.5"),
-        ({"momentum": True}, r"`momentum` should be a float in \[0, 1\]"),
+        (
+            {"batch_norm_epsilon": 0},
+            "`batch_norm_epsilon` should be a positive float.*0",
+        ),
+        (
+            {"batch_norm_epsilon": "small"},
+            "`batch_norm_epsilon` should be a positive float",
+        ),
+        (
+            {"batch_norm_momentum": 1.5},
+            r"`batch_norm_momentum` should be a float in \[0, 1\].*1.5",
+        ),
+        (
+            {"batch_norm_momentum": True},
+            r"`batch_norm_momentum` should be a float in \[0, 1\]",
+        ),
     ],
 )
 def test_transition_block_errors_if_batch_norm_argument_is_invalid(

@@ -333,7 +333,7 @@ def test_densenet_bc_variants(kwargs, layers, bottleneck, compression):
         assert block.num_layers == layers
         assert block.growth_rate == 12
         assert block.bottleneck_factor == bottleneck
-    assert model.get_layer("transition1").compression == compression
+    assert model.get_layer("transition1").compression_ratio == compression
     assert model.output_shape == (None, 10)
 
 
