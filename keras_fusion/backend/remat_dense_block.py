@@ -12,9 +12,14 @@ seed inside it (the recomputation draws another). Here each dense layer is
 instead a pure function of its inputs and weights that returns its new
 features and its BatchNorm batch statistics; the moving statistics are
 updated from those outside the rematerialised function, once per step,
-with the Keras layer's formula. Dropout: under JAX, inside the function,
-from a seed drawn once outside it; under PyTorch (whose random ops take no
-seed tensor), the dropout sublayer runs after the function.
+with the Keras layer's formula (`batch_norm_relu.py`, shared with the
+TensorFlow kernel). Dropout: under JAX, inside the function, from a seed
+drawn once outside it; under PyTorch (whose random ops take no seed
+tensor), after the function, from the dropout layer's seed generator.
+
+The kernel receives the block as a `DenseBlockSpec` (`dense_block_spec.py`)
+and returns the block's output and every BatchNorm's batch statistics; the
+layer updates the moving statistics from them.
 
 - `"full"`: each layer's function covers concatenation, BatchNorm, ReLU,
   the 1x1 and the 3x3 convolutions and dropout, so only its inputs (the
@@ -35,67 +40,62 @@ import keras
 from keras import ops
 
 from keras_fusion._internal.checks import channel_axis
+from keras_fusion.backend import batch_norm_relu
 
 _BOTTLENECK = "keras_fusion_bottleneck"
 
 
-def recomputing_dense_block(block, inputs):
-    """Run `block` (a `MemoryEfficientDenseBlock`) in training mode.
+def recomputing_dense_block(spec, inputs):
+    """Run the block that `spec` (a `DenseBlockSpec`) describes, training.
 
-    Returns the block's output; the BatchNorm moving statistics are updated.
+    Returns:
+        `(outputs, statistics)`: the block's output, and one
+        `(mean, variance)` pair per BatchNorm in the order of the layers
+        (the first BatchNorm of a layer before its bottleneck BatchNorm),
+        with no gradient.
     """
-    axis = channel_axis(len(inputs.shape), block.data_format)
-    compute_dtype = inputs.dtype
+    axis = channel_axis(len(inputs.shape), spec.data_format)
     features = [inputs]
-    for parts in block.dense_layers:
-        weights = _layer_weights(parts, compute_dtype)
-        layer_fn = _DenseLayerFunction(block, parts, axis)
+    statistics = []
+    for layer in spec.layers:
+        layer_fn = _DenseLayerFunction(spec, layer, axis)
         # A tuple: torch.utils.checkpoint keeps its arguments by reference
         # for the recomputation, and `features` grows after this call.
-        new_features, statistics = layer_fn(tuple(features), weights)
-        _update_moving_statistics(parts, statistics)
+        new_features, moments = layer_fn(tuple(features), layer.weights())
+        statistics += [
+            (ops.stop_gradient(m), ops.stop_gradient(v))
+            for m, v in zip(moments[::2], moments[1::2], strict=True)
+        ]
         features.append(new_features)
-    return ops.concatenate(features, axis=axis)
-
-
-def _layer_weights(parts, compute_dtype):
-    weights = {
-        "gamma0": parts.bn_0.gamma.value,
-        "beta0": parts.bn_0.beta.value,
-        "kernel2": ops.cast(parts.conv_2.kernel.value, compute_dtype),
-    }
-    if parts.conv_1 is not None:
-        weights["kernel1"] = ops.cast(parts.conv_1.kernel.value, compute_dtype)
-        weights["gamma1"] = parts.bn_1.gamma.value
-        weights["beta1"] = parts.bn_1.beta.value
-    return weights
+    return ops.concatenate(features, axis=axis), statistics
 
 
 class _DenseLayerFunction:
-    """One dense layer as rematerialised pure functions."""
+    """One dense layer as rematerialised pure functions of its features
+    and its weights (in `DenseLayerSpec.weights()` order)."""
 
-    def __init__(self, block, parts, axis):
-        self.parts = parts
+    def __init__(self, spec, layer, axis):
+        self.spec = spec
+        self.layer = layer
         self.axis = axis
-        self.policy = block.recompute_policy
         self.backend = keras.backend.backend()
 
     def __call__(self, features, weights):
         # Without a bottleneck there is no 1x1 output to keep: "concat_bn"
         # is "full" (as in the TensorFlow kernel), or the BatchNorm-ReLU
         # output of the whole concatenation would be kept per layer.
-        full = self.policy == "full" or self.parts.conv_1 is None
+        full = self.spec.policy == "full" or not self.layer.has_bottleneck
         if full and self.backend == "jax":
             # Dropout inside the rematerialised function, from a seed drawn
             # once outside it: the recomputation draws the same mask.
             seed = None
-            if self.parts.dropout is not None:
-                seed = self.parts.dropout.seed_generator.next()
+            if self.layer.dropout_seed is not None:
+                seed = self.layer.dropout_seed.next()
             return keras.remat(self._whole_layer)(features, weights, seed)
         if full:
-            # PyTorch's random ops take no seed tensor: the dropout sublayer
-            # runs after the rematerialised function, once, and autograd
-            # keeps its mask (`growth_rate` channels, like the features).
+            # PyTorch's random ops take no seed tensor: dropout runs after
+            # the rematerialised function, once, and autograd keeps its
+            # mask (`growth_rate` channels, like the features).
             f, statistics = keras.remat(self._whole_layer)(
                 features, weights, None
             )
@@ -109,8 +109,11 @@ class _DenseLayerFunction:
             b, statistics = keras.remat(self._bottleneck)(features, weights)
             h, statistics_1 = self._second_half(b, weights)
             statistics = statistics + statistics_1
-        f = self.parts.conv_2.convolution_op(h, weights["kernel2"])
+        f = self._conv(h, self._layer(weights).kernel2)
         return self._dropout(f), statistics
+
+    def _layer(self, weights):
+        return self.layer.with_weights(weights)
 
     def _jax_concat_bn(self, features, weights):
         import jax
@@ -127,31 +130,33 @@ class _DenseLayerFunction:
     def _whole_layer(self, features, weights, seed):
         h, statistics = self._bottleneck(features, weights)
         h, statistics_1 = self._second_half(h, weights)
-        f = self.parts.conv_2.convolution_op(h, weights["kernel2"])
+        f = self._conv(h, self._layer(weights).kernel2)
         if seed is not None:
-            f = keras.random.dropout(f, self.parts.dropout.rate, seed=seed)
+            f = keras.random.dropout(f, self.layer.dropout_rate, seed=seed)
         return f, statistics + statistics_1
 
     def _dropout(self, f):
-        """The dropout sublayer, as the plain block runs it."""
-        if self.parts.dropout is None:
+        """Dropout as the plain block's Dropout layer runs it."""
+        if self.layer.dropout_seed is None:
             return f
-        return self.parts.dropout(f, training=True)
+        return keras.random.dropout(
+            f, self.layer.dropout_rate, seed=self.layer.dropout_seed
+        )
 
     def _bottleneck(self, features, weights, name=False):
         """concat -> BN -> ReLU [-> 1x1 conv]; and the batch statistics."""
-        parts = self.parts
+        layer = self._layer(weights)
         x = (
             ops.concatenate(features, axis=self.axis)
             if len(features) > 1
             else features[0]
         )
-        h, mean, variance = _batch_norm_relu(
-            x, weights["gamma0"], weights["beta0"], parts.bn_0
+        h, mean, variance = batch_norm_relu.batch_norm_relu(
+            x, layer.gamma0, layer.beta0, self.axis, self.spec.batch_norm
         )
-        if parts.conv_1 is None:
+        if not layer.has_bottleneck:
             return h, (mean, variance)
-        b = parts.conv_1.convolution_op(h, weights["kernel1"])
+        b = self._conv(h, layer.kernel1)
         if name:
             from jax.ad_checkpoint import checkpoint_name
 
@@ -160,43 +165,22 @@ class _DenseLayerFunction:
 
     def _second_half(self, b, weights):
         """[BN -> ReLU] after the bottleneck convolution."""
-        parts = self.parts
-        if parts.conv_1 is None:
+        layer = self._layer(weights)
+        if not layer.has_bottleneck:
             return b, ()
-        h, mean, variance = _batch_norm_relu(
-            b, weights["gamma1"], weights["beta1"], parts.bn_1
+        h, mean, variance = batch_norm_relu.batch_norm_relu(
+            b, layer.gamma1, layer.beta1, self.axis, self.spec.batch_norm
         )
         return h, (mean, variance)
 
-
-def _batch_norm_relu(x, gamma, beta, bn):
-    """relu(BatchNorm(x)) in training mode, with the ops and so the results
-    of `keras.layers.BatchNormalization`; and the batch statistics."""
-    dtype = x.dtype
-    x = ops.cast(x, keras.backend.result_type(dtype, "float32"))
-    mean, variance = ops.moments(x, axes=bn._reduction_axes)
-    y = ops.batch_normalization(
-        x,
-        mean,
-        variance,
-        axis=bn.axis,
-        offset=ops.cast(beta, x.dtype),
-        scale=ops.cast(gamma, x.dtype),
-        epsilon=bn.epsilon,
-    )
-    return ops.relu(ops.cast(y, dtype)), mean, variance
-
-
-def _update_moving_statistics(parts, statistics):
-    bns = [parts.bn_0] if parts.bn_1 is None else [parts.bn_0, parts.bn_1]
-    for index, bn in enumerate(bns):
-        mean = ops.stop_gradient(statistics[2 * index])
-        variance = ops.stop_gradient(statistics[2 * index + 1])
-        moving_mean = ops.cast(bn.moving_mean.value, mean.dtype)
-        moving_variance = ops.cast(bn.moving_variance.value, mean.dtype)
-        bn.moving_mean.assign(
-            moving_mean * bn.momentum + mean * (1.0 - bn.momentum)
-        )
-        bn.moving_variance.assign(
-            moving_variance * bn.momentum + variance * (1.0 - bn.momentum)
+    def _conv(self, x, kernel):
+        """The op `keras.layers.Conv*D` runs: 'valid' for the 1x1 kernel
+        (the Keras layer's default), 'same' for the 3x3 one."""
+        is_1x1 = all(k == 1 for k in kernel.shape[:-2])
+        return ops.conv(
+            x,
+            kernel,
+            strides=1,
+            padding="valid" if is_1x1 else "same",
+            data_format=self.spec.data_format,
         )

@@ -7,6 +7,10 @@ from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion.backend.batch_norm_relu import update_moving_statistics
+from keras_fusion.backend.dense_block_spec import BatchNormSpec
+from keras_fusion.backend.dense_block_spec import DenseBlockSpec
+from keras_fusion.backend.dense_block_spec import DenseLayerSpec
 
 _POLICIES = {True: "full", "full": "full", "concat_bn": "concat_bn"}
 _CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
@@ -63,9 +67,10 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
             leaves it out (BatchNorm -> ReLU -> 3x3 convolution).
         dropout_rate: dropout after each 3x3 convolution, in training.
         recompute: `"full"` (same as `True`), `"concat_bn"` or `False`.
-        batch_norm_epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
-            default.
-        batch_norm_momentum: BatchNorm momentum of the moving statistics.
+        batch_norm_momentum: momentum of every BatchNorm's moving
+            statistics (`keras.layers.BatchNormalization(momentum=...)`).
+        batch_norm_epsilon: epsilon of every BatchNorm; the default is
+            `keras.applications.DenseNet*`'s.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         kernel_initializer: initializer of the convolution kernels.
@@ -85,10 +90,19 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
     Output shape:
         The input's shape with `C + num_layers * growth_rate` channels.
 
+    Masking: not supported; the convolutions mix neighbouring positions,
+    so an input mask is neither used nor propagated.
+
     Sublayers, for `keras.applications` weight mapping: layer `i`
     (1-based) owns `block{i}_0_bn`, `block{i}_1_conv`, `block{i}_1_bn`,
     `block{i}_2_conv` (and `block{i}_dropout`), as
     `keras.applications.densenet.conv_block` names them.
+
+    Reference:
+        - [Huang et al., 2017, "Densely Connected Convolutional
+          Networks"](https://arxiv.org/abs/1608.06993)
+        - [Pleiss et al., 2017, "Memory-Efficient Implementation of
+          DenseNets"](https://arxiv.org/abs/1707.06990)
     """
 
     def __init__(
@@ -150,7 +164,6 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.seed = seed
         self.synchronized = check_synchronized(synchronized)
-        self._recompute_count = 0
 
     def build(self, input_shape):
         rank, axis, channels = check_feature_map_shape(
@@ -169,23 +182,14 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if training and self.recompute_policy and self.trainable:
-            if keras.backend.backend() == "tensorflow":
-                # Imported here: the module needs TensorFlow.
-                from keras_fusion.backend import tensorflow_dense_block
-
-                return tensorflow_dense_block.recomputing_dense_block(
-                    self, inputs
-                )
-            from keras_fusion.backend import remat_dense_block
-
-            return remat_dense_block.recomputing_dense_block(self, inputs)
+            return _recomputing_training_step(self, inputs)
         axis = channel_axis(len(inputs.shape), self.data_format)
         features = [inputs]
         for parts in self.dense_layers:
             x = (
                 ops.concatenate(features, axis=axis)
                 if parts.index > 1
-                else (inputs)
+                else inputs
             )
             x = ops.relu(parts.bn_0(x, training=training))
             if parts.conv_1 is not None:
@@ -227,6 +231,41 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
             }
         )
         return config
+
+
+def _recomputing_training_step(block, inputs):
+    """`block`'s training step through a recomputing kernel, which receives
+    the block as a `DenseBlockSpec` (weights, BatchNorm settings, dropout
+    rates and seed generators; no Layer) and returns the output and the
+    batch statistics; the moving statistics are updated here, once."""
+    if keras.backend.backend() == "tensorflow":
+        # Imported here: the module needs TensorFlow.
+        from keras_fusion.backend import tensorflow_dense_block as kernel
+    else:
+        from keras_fusion.backend import remat_dense_block as kernel
+    compute_dtype = keras.backend.standardize_dtype(inputs.dtype)
+    spec = DenseBlockSpec(
+        layers=tuple(parts.spec(compute_dtype) for parts in block.dense_layers),
+        batch_norm=BatchNormSpec(
+            epsilon=block.batch_norm_epsilon,
+            synchronized=block.synchronized,
+        ),
+        policy=block.recompute_policy,
+        data_format=block.data_format,
+    )
+    outputs, statistics = kernel.recomputing_dense_block(spec, inputs)
+    batch_norms = [
+        bn for parts in block.dense_layers for bn in parts.batch_norms()
+    ]
+    for bn, (mean, variance) in zip(batch_norms, statistics, strict=True):
+        update_moving_statistics(
+            bn.moving_mean,
+            bn.moving_variance,
+            mean,
+            variance,
+            block.batch_norm_momentum,
+        )
+    return outputs
 
 
 class _DenseLayerParts:
@@ -284,6 +323,28 @@ class _DenseLayerParts:
     def layers(self):
         parts = [self.bn_0, self.conv_1, self.bn_1, self.conv_2, self.dropout]
         return [layer for layer in parts if layer is not None]
+
+    def batch_norms(self):
+        return [self.bn_0] if self.bn_1 is None else [self.bn_0, self.bn_1]
+
+    def spec(self, compute_dtype):
+        """This layer's weights (kernels in `compute_dtype`, as the Keras
+        convolutions cast them), dropout rate and seed generator."""
+
+        def kernel(conv):
+            return ops.cast(conv.kernel.value, compute_dtype)
+
+        bottleneck = self.conv_1 is not None
+        return DenseLayerSpec(
+            gamma0=self.bn_0.gamma.value,
+            beta0=self.bn_0.beta.value,
+            kernel1=kernel(self.conv_1) if bottleneck else None,
+            gamma1=self.bn_1.gamma.value if bottleneck else None,
+            beta1=self.bn_1.beta.value if bottleneck else None,
+            kernel2=kernel(self.conv_2),
+            dropout_rate=self.dropout.rate if self.dropout else 0.0,
+            dropout_seed=self.dropout.seed_generator if self.dropout else None,
+        )
 
     def build(self, input_shape):
         self.bn_0.build(input_shape)

@@ -23,8 +23,9 @@ class TransitionBlock(keras.layers.Layer):
 
     BatchNorm -> ReLU -> 1x1 convolution to `floor(C * compression_ratio)`
     channels -> 2x2 average pooling with stride 2, as
-    `keras.applications.densenet.transition_block` (Huang et al. 2017: the
-    compression_ratio factor `theta`, 0.5 in DenseNet-BC).
+    `keras.applications.densenet.transition_block` runs it;
+    `compression_ratio` is the paper's compression factor `theta` (0.5 in
+    DenseNet-BC).
 
     Example:
 
@@ -36,9 +37,10 @@ class TransitionBlock(keras.layers.Layer):
 
     Args:
         compression_ratio: the fraction of channels kept, in `(0, 1]`.
-        batch_norm_epsilon: BatchNorm epsilon; `keras.applications`' 1.001e-5 by
-            default.
-        batch_norm_momentum: BatchNorm momentum of the moving statistics.
+        batch_norm_momentum: momentum of the BatchNorm's moving statistics
+            (`keras.layers.BatchNormalization(momentum=...)`).
+        batch_norm_epsilon: epsilon of the BatchNorm; the default is
+            `keras.applications.DenseNet*`'s.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         kernel_initializer: initializer of the convolution kernel.
@@ -55,8 +57,14 @@ class TransitionBlock(keras.layers.Layer):
         `floor(C * compression_ratio)` channels, each spatial size halved
         (rounded down).
 
+    Masking: not supported; an input mask is neither used nor propagated.
+
     Sublayers, for `keras.applications` weight mapping: `bn` and `conv`
     (`{name}_bn`, `{name}_conv` in `keras.applications`).
+
+    Reference:
+        - [Huang et al., 2017, "Densely Connected Convolutional
+          Networks"](https://arxiv.org/abs/1608.06993)
     """
 
     def __init__(

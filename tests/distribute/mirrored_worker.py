@@ -48,7 +48,7 @@ def _fusion_selector_model(synchronized):
     b = keras.layers.Conv2D(3, 1)(inputs)
     x = FusionSelector(
         mode="concat",
-        bn_before_concat=True,
+        batch_norm_before_concat=True,
         synchronized=synchronized,
         name="fusion",
     )([a, b])
