@@ -1,0 +1,141 @@
+"""The BatchNorm-ReLU that both recomputing kernels share, against
+`keras.layers.BatchNormalization` followed by ReLU, differentiated by the
+backend's own autodiff."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_fusion.backend import batch_norm_relu
+from keras_fusion.backend.dense_block_spec import BatchNormSpec
+from keras_fusion.backend.dense_block_spec import DenseLayerSpec
+from tests.backend_utils import to_numpy
+from tests.backend_utils import value_and_grads
+from tests.layer_test_case import make_inputs
+
+SPEC = BatchNormSpec(epsilon=1.001e-5, synchronized=False)
+AXES = pytest.mark.parametrize("axis", [3, 1], ids=["channels_last", "axis1"])
+
+
+class _KerasBatchNormReLU(keras.layers.Layer):
+    """The reference: Keras's own layer, then ReLU."""
+
+    def __init__(self, axis, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = keras.layers.BatchNormalization(
+            axis=axis, epsilon=SPEC.epsilon, momentum=0.9
+        )
+
+    def build(self, input_shape):
+        self.bn.build(input_shape)
+        channels = input_shape[self.bn.axis]
+        rng = np.random.default_rng(3)
+        self.bn.gamma.assign(rng.uniform(0.5, 1.5, channels))
+        self.bn.beta.assign(rng.uniform(-0.5, 0.5, channels))
+
+    def call(self, x, training=None):
+        return ops.relu(self.bn(x, training=training))
+
+
+def _reference(axis, shape):
+    layer = _KerasBatchNormReLU(axis)
+    layer.build(shape)
+    return layer
+
+
+@AXES
+def test_forward_is_keras_batch_normalization_bit_for_bit(axis):
+    x = make_inputs((4, 5, 6, 7))
+    reference = _reference(axis, x.shape)
+    bn = reference.bn
+    outputs, mean, variance = batch_norm_relu.batch_norm_relu(
+        ops.convert_to_tensor(x), bn.gamma.value, bn.beta.value, axis, SPEC
+    )
+    np.testing.assert_array_equal(
+        to_numpy(outputs), to_numpy(reference(x, training=True))
+    )
+    axes = tuple(a for a in range(4) if a != axis)
+    np.testing.assert_allclose(to_numpy(mean), x.mean(axes), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(variance), x.var(axes), atol=1e-5)
+
+
+@AXES
+def test_recomputation_from_saved_statistics_is_bit_for_bit(axis):
+    x = ops.convert_to_tensor(make_inputs((4, 5, 6, 7), seed=1))
+    bn = _reference(axis, x.shape).bn
+    gamma, beta = bn.gamma.value, bn.beta.value
+    outputs, mean, variance = batch_norm_relu.batch_norm_relu(
+        x, gamma, beta, axis, SPEC
+    )
+    again = batch_norm_relu.recompute_batch_norm_relu(
+        x, gamma, beta, mean, variance, axis, SPEC
+    )
+    np.testing.assert_array_equal(to_numpy(again), to_numpy(outputs))
+
+
+@AXES
+def test_analytic_gradient_matches_autodiff_of_keras_layer(axis):
+    x = make_inputs((4, 5, 6, 7), seed=2)
+    reference = _reference(axis, x.shape)
+    _, (d_x, d_gamma, d_beta) = value_and_grads(reference, x)
+
+    bn = reference.bn
+    x = ops.convert_to_tensor(x)
+    outputs, mean, variance = batch_norm_relu.batch_norm_relu(
+        x, bn.gamma.value, bn.beta.value, axis, SPEC
+    )
+    # d(sum(y sin y))/dy, the gradient `value_and_grads`' loss sends back.
+    d_outputs = ops.sin(outputs) + outputs * ops.cos(outputs)
+    ours = batch_norm_relu.batch_norm_relu_gradient(
+        d_outputs, x, outputs, bn.gamma.value, mean, variance, axis, SPEC
+    )
+    for mine, expected in zip(ours, (d_x, d_gamma, d_beta), strict=True):
+        scale = np.max(np.abs(expected))
+        np.testing.assert_allclose(
+            to_numpy(mine), expected, rtol=1e-5, atol=1e-5 * scale
+        )
+
+
+def test_moving_statistics_update_is_keras_formula():
+    x = make_inputs((4, 5, 6, 7), seed=4)
+    reference = _reference(3, x.shape)
+    ours = _reference(3, x.shape)
+    reference(x, training=True)
+    _, mean, variance = batch_norm_relu.batch_norm_relu(
+        ops.convert_to_tensor(x),
+        ours.bn.gamma.value,
+        ours.bn.beta.value,
+        3,
+        SPEC,
+    )
+    batch_norm_relu.update_moving_statistics(
+        ours.bn.moving_mean, ours.bn.moving_variance, mean, variance, 0.9
+    )
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(
+            to_numpy(getattr(ours.bn, name)),
+            to_numpy(getattr(reference.bn, name)),
+        )
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+def test_layer_spec_weights_round_trip(bottleneck):
+    names = ["gamma0", "beta0", "kernel1", "gamma1", "beta1", "kernel2"]
+    values = {n: np.full((1, 1, 2, 3), i) for i, n in enumerate(names)}
+    if not bottleneck:
+        values.update(kernel1=None, gamma1=None, beta1=None)
+    spec = DenseLayerSpec(**values)
+    weights = spec.weights()
+    assert len(weights) == (6 if bottleneck else 3)
+    assert spec.has_bottleneck is bottleneck
+    assert spec.num_batch_norms == (2 if bottleneck else 1)
+    assert spec.growth_rate == 3
+    doubled = spec.with_weights([w * 2 for w in weights])
+    for name in names:
+        if values[name] is None:
+            assert getattr(doubled, name) is None
+        else:
+            np.testing.assert_array_equal(
+                getattr(doubled, name), values[name] * 2
+            )
