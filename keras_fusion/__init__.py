@@ -1,5 +1,5 @@
 """Keras 3 layers for feature fusion: crop-and-concat skip connections,
-add/concat fusion and memory-efficient DenseNet blocks."""
+add/concat/weighted-add fusion and memory-efficient DenseNet blocks."""
 
 from keras_fusion.cli import quiet_tensorflow_start_up as _quiet_start_up
 
@@ -13,6 +13,7 @@ from keras_fusion.layers import CropAndConcat  # noqa: E402
 from keras_fusion.layers import FusionSelector  # noqa: E402
 from keras_fusion.layers import MemoryEfficientDenseBlock  # noqa: E402
 from keras_fusion.layers import TransitionBlock  # noqa: E402
+from keras_fusion.layers import WeightedAdd  # noqa: E402
 
 __version__ = "0.1.0.dev0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "FusionSelector",
     "MemoryEfficientDenseBlock",
     "TransitionBlock",
+    "WeightedAdd",
     "ops",
     "__version__",
 ]

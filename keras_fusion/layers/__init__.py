@@ -4,10 +4,12 @@ from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.fusion_selector import FusionSelector
 from keras_fusion.layers.transition_block import TransitionBlock
+from keras_fusion.layers.weighted_add import WeightedAdd
 
 __all__ = [
     "CropAndConcat",
     "FusionSelector",
     "MemoryEfficientDenseBlock",
     "TransitionBlock",
+    "WeightedAdd",
 ]

@@ -16,11 +16,11 @@ from keras_fusion.ops.cropping import crop_to_smallest
 class CropAndConcat(keras.layers.Layer):
     """Centre-crops feature maps to a common size and concatenates them.
 
-    The skip connection of U-Net (Ronneberger et al., 2015, "U-Net:
-    Convolutional Networks for Biomedical Image Segmentation"): valid
-    convolutions shrink the decoder's feature maps, so the encoder's feature
-    map is cropped to the decoder's size before the two are concatenated on
-    the channel axis.
+    The skip connection of U-Net: valid convolutions shrink the decoder's
+    feature maps, so the encoder's feature map is cropped to the decoder's
+    size before the two are concatenated on the channel axis. The layer is
+    `keras.layers.Cropping1D`/`2D`/`3D` with centred amounts followed by
+    `keras.layers.Concatenate`, for any number of inputs.
 
     Every input is centre-cropped, in each spatial dimension independently,
     to the smallest size that dimension has among the inputs; then all are
@@ -31,14 +31,14 @@ class CropAndConcat(keras.layers.Layer):
     already agree pass through uncropped. Spatial sizes that are `None`
     until run time are cropped using the run-time shapes.
 
-    Keras masks propagate as through `keras.layers.Concatenate`. A mask
-    marks positions, so it has its input's shape without the channel axis,
-    in either data format: `(batch, steps)` for `(batch, steps, channels)`
-    inputs, as after `keras.layers.Masking`, `(batch, height, width)` for
-    images. Each mask is centre-cropped with its input (same offsets), an
-    unmasked input counts as valid everywhere, and a position of the output
-    is valid where any input is valid there. Without masks the output has
-    none.
+    Masking is supported: Keras masks propagate as through
+    `keras.layers.Concatenate`. A mask marks positions, so it has its
+    input's shape without the channel axis, in either data format:
+    `(batch, steps)` for `(batch, steps, channels)` inputs, as after
+    `keras.layers.Masking`, `(batch, height, width)` for images. Each mask
+    is centre-cropped with its input (same offsets), an unmasked input
+    counts as valid everywhere, and a position of the output is valid where
+    any input is valid there. Without masks the output has none.
 
     Example:
 
@@ -100,6 +100,11 @@ class CropAndConcat(keras.layers.Layer):
         The inputs' rank, with each spatial dimension the smallest among the
         inputs and `sum(channels)` channels. The output mask, if any input
         has one, is the output's shape without the channel axis.
+
+    Reference:
+
+    - [Ronneberger, Fischer and Brox, 2015, "U-Net: Convolutional Networks
+      for Biomedical Image Segmentation"](https://arxiv.org/abs/1505.04597).
     """
 
     def __init__(self, axis=None, data_format=None, **kwargs):

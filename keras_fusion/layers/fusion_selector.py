@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import common_channel_count
 from keras_fusion._internal.checks import common_spatial_shape
@@ -15,6 +16,7 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion._internal.checks import validate_axis_argument
 from keras_fusion._internal.masking import check_masks
 from keras_fusion._internal.masking import fuse_masks
+from keras_fusion.layers.weighted_add import WeightedAdd
 from keras_fusion.ops.cropping import crop_to_smallest
 from keras_fusion.ops.padding import pad_to_largest
 
@@ -34,9 +36,8 @@ class FusionSelector(keras.layers.Layer):
     One layer for the choice every multi-branch network makes when two
     feature maps meet: element-wise addition (ResNet, FPN) or channel
     concatenation (DenseNet, U-Net), so that an ablation such as
-    Feature-Fused SSD's (Cao et al., 2017, "Feature-Fused SSD: Fast
-    Detection for Small Objects": concatenation module vs element-sum
-    module) changes one argument, in code or in a saved model's config.
+    Feature-Fused SSD's (concatenation module vs element-sum module)
+    changes one argument, in code or in a saved model's config.
 
     The trade-off, after the article
     "深度特征融合---理解add和concat之多层特征融合" (2023): addition
@@ -45,51 +46,58 @@ class FusionSelector(keras.layers.Layer):
     repeated once per input), so `"add"` assumes that corresponding
     channels of the inputs mean the same thing, and costs `1 / N` of the
     parameters and multiply-adds of the convolution after `"concat"` for
-    `N` inputs. The article also reports
-    that concatenation works better when each input is batch-normalized
-    before it is concatenated (`bn_before_concat=True`), since the inputs
-    come from layers whose activations have different scales.
+    `N` inputs. The article also reports that concatenation works better
+    when each input is batch-normalized before it is concatenated
+    (`batch_norm_before_concat=True`), since the inputs come from layers
+    whose activations have different scales.
 
     Modes:
 
-    - `"concat"`: concatenation on the channel axis. With
-      `bn_before_concat=True` each input first goes through its own
-      `BatchNormalization` (sublayers `bn_0`, `bn_1`, ..., each with its own
-      gamma, beta and moving statistics), in training and inference alike.
+    - `"concat"`: concatenation on the channel axis, like
+      `keras.layers.Concatenate`. With `batch_norm_before_concat=True` each
+      input first goes through its own `BatchNormalization` (sublayers
+      `bn_0`, `bn_1`, ..., each with its own gamma, beta and moving
+      statistics), in training and inference alike.
     - `"add"`: element-wise sum, like `keras.layers.Add`.
-    - `"weighted_add"`: the fast normalized fusion of EfficientDet's BiFPN
-      (Tan et al., 2020, "EfficientDet: Scalable and Efficient Object
-      Detection"): `sum(relu(w_i) * x_i) / (sum(relu(w_i)) + epsilon)` with
-      one learnable weight per input, or one per input and channel with
-      `weight_per_channel=True`, initialised to 1 (a plain average).
+    - `"weighted_add"`: BiFPN's fast normalized fusion,
+      `sum(relu(w_i) * x_i) / (sum(relu(w_i)) + fusion_epsilon)`, by a
+      `WeightedAdd` sublayer named `weighted_add`: one learnable weight per
+      input, or one per input and channel with `weight_per_channel=True`,
+      initialised to 1 (a plain average). Its variable is also this layer's
+      `fusion_weights` attribute.
 
     Inputs are processed in a fixed order: each input goes through its own
     sublayer (batch normalization or projection), then the inputs are
     aligned, then fused. Projecting before padding keeps the padded border
     at exactly zero.
 
-    Keras masks propagate as through `keras.layers.Add` and
-    `keras.layers.Concatenate`. A mask marks positions, so it has its
-    input's shape without the channel axis, in either data format:
-    `(batch, steps)` for `(batch, steps, channels)` inputs, as after
-    `keras.layers.Masking`, `(batch, height, width)` for images. Each mask
-    is aligned with its input: centre-cropped with the same offsets
-    (`align="crop"`), or padded with `False` (`align="pad"`), so that the
-    padding of an input is masked out, also for an unmasked input when
-    another input has a mask. A position of the output is valid where any
-    input is valid there. As in Keras, an unmasked input counts as valid
-    everywhere: with `"concat"` the output mask is then `True` wherever
-    that input is not padding, and with `"add"` or `"weighted_add"` without
-    padding the output, like `keras.layers.Add`'s, has no mask. Without
-    masks the output has none.
+    Masking is supported: Keras masks propagate as through
+    `keras.layers.Add` and `keras.layers.Concatenate`. A mask marks
+    positions, so it has its input's shape without the channel axis, in
+    either data format: `(batch, steps)` for `(batch, steps, channels)`
+    inputs, as after `keras.layers.Masking`, `(batch, height, width)` for
+    images. Each mask is aligned with its input: centre-cropped with the
+    same offsets (`align="crop"`), or padded with `False` (`align="pad"`),
+    so that the padding of an input is masked out, also for an unmasked
+    input when another input has a mask. A position of the output is valid
+    where any input is valid there. As in Keras, an unmasked input counts
+    as valid everywhere: with `"concat"` the output mask is then `True`
+    wherever that input is not padding, and with `"add"` or
+    `"weighted_add"` without padding the output, like
+    `keras.layers.Add`'s, has no mask. Without masks the output has none.
 
-    With `bn_before_concat=True` each input's mask also goes to its
+    With `batch_norm_before_concat=True` each input's mask also goes to its
     `BatchNormalization`, which then computes the batch statistics of
     training over the valid positions only, as a `BatchNormalization`
     applied to the masked input does. Keras's `BatchNormalization` lines a
     mask up with the leading axes of its input, which is only right with
     `"channels_last"`, so with `"channels_first"` masked inputs are refused
     (a `ValueError`).
+
+    The BatchNormalization arguments are named `batch_norm_momentum` and
+    `batch_norm_epsilon`, as in every keras_fusion layer and builder that
+    creates BatchNormalization (and in KerasHub's backbones): here a bare
+    `epsilon` would be ambiguous with the fusion's `fusion_epsilon`.
 
     Example:
 
@@ -106,7 +114,7 @@ class FusionSelector(keras.layers.Layer):
 
     >>> config = FusionSelector(mode="add").get_config()
     >>> config["mode"] = "concat"
-    >>> config["bn_before_concat"] = True
+    >>> config["batch_norm_before_concat"] = True
     >>> tuple(FusionSelector.from_config(config)([a, b]).shape)
     (2, 8, 8, 32)
 
@@ -116,9 +124,20 @@ class FusionSelector(keras.layers.Layer):
     >>> import keras
     >>> lateral = keras.Input((33, 33, 256))
     >>> top_down = keras.Input((34, 34, 64))
-    >>> fuse = FusionSelector("weighted_add", align="crop", projection=64)
+    >>> fuse = FusionSelector(
+    ...     "weighted_add", align="crop", projection=64, name="fpn_merge"
+    ... )
     >>> fuse([lateral, top_down]).shape
     (None, 33, 33, 64)
+
+    Its weights: a projection of the input with 256 channels, and the
+    fusion weights of its `WeightedAdd` sublayer:
+
+    >>> for variable in fuse.weights:
+    ...     print(variable.path, variable.shape)
+    fpn_merge/projection_0/kernel (1, 1, 256, 64)
+    fpn_merge/projection_0/bias (64,)
+    fpn_merge/weighted_add/fusion_weights (2,)
 
     The mask of two sequences added with `align="pad"`: the short one, padded
     from 2 steps to 4, is masked out where it was padded:
@@ -134,9 +153,9 @@ class FusionSelector(keras.layers.Layer):
 
     Args:
         mode: `"concat"` (default), `"add"` or `"weighted_add"`.
-        bn_before_concat: with `mode="concat"`, pass each input through its
-            own `BatchNormalization` before concatenating. Defaults to
-            `False`.
+        batch_norm_before_concat: with `mode="concat"`, pass each input
+            through its own `BatchNormalization` before concatenating.
+            Defaults to `False`.
         align: what to do with inputs whose spatial sizes differ: `None`
             (default) raises an error; `"crop"` centre-crops every input to
             the smallest size, as `CropAndConcat` does; `"pad"` zero-pads
@@ -146,21 +165,22 @@ class FusionSelector(keras.layers.Layer):
         projection: with `mode="add"` or `"weighted_add"`, `None` (default)
             or a positive int: the common channel count. Each input whose
             channel count differs from `projection` goes through its own
-            1x1 convolution with `projection` filters and a bias (the
-            lateral connection of Lin et al., 2017, "Feature Pyramid
-            Networks for Object Detection"; sublayer `projection_<i>` for
-            input `i`); inputs that already have `projection` channels pass
-            through unchanged. Not accepted with `mode="concat"`, which
-            takes any channel counts.
+            1x1 convolution with `projection` filters and a bias (FPN's
+            lateral connection; sublayer `projection_<i>` for input `i`);
+            inputs that already have `projection` channels pass through
+            unchanged. Not accepted with `mode="concat"`, which takes any
+            channel counts.
         weight_per_channel: with `mode="weighted_add"`, learn one weight per
             input and channel instead of one per input. Defaults to
             `False`.
-        epsilon: with `mode="weighted_add"`, the constant added to the sum
-            of the weights (BiFPN's value, `1e-4`, by default).
-        momentum: the momentum of the `BatchNormalization` sublayers.
-            Defaults to `0.99`.
-        bn_epsilon: the epsilon of the `BatchNormalization` sublayers.
-            Defaults to `1e-3`.
+        fusion_epsilon: with `mode="weighted_add"`, the positive constant
+            added to the sum of the weights. Defaults to `1e-4`, BiFPN's
+            value.
+        batch_norm_momentum: the momentum of the `BatchNormalization`
+            sublayers' moving statistics. Defaults to `0.99`.
+        batch_norm_epsilon: the epsilon of the `BatchNormalization`
+            sublayers. Defaults to `1.001e-5`, the value of
+            `keras.applications`' DenseNet.
         kernel_initializer: the initializer of the projection kernels.
             Defaults to `"glorot_uniform"`.
         kernel_regularizer: the regularizer of the projection kernels.
@@ -172,9 +192,9 @@ class FusionSelector(keras.layers.Layer):
         data_format: `"channels_last"` or `"channels_first"`, the ordering
             of the dimensions in the inputs. Defaults to
             `keras.config.image_data_format()`.
-        synchronized: with `bn_before_concat`, the TensorFlow backend and a
-            `tf.distribute` strategy, compute BatchNorm's batch statistics
-            over the global batch, as
+        synchronized: with `batch_norm_before_concat`, the TensorFlow
+            backend and a `tf.distribute` strategy, compute BatchNorm's
+            batch statistics over the global batch, as
             `keras.layers.BatchNormalization(synchronized=True)` does.
             Defaults to `False`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
@@ -182,7 +202,7 @@ class FusionSelector(keras.layers.Layer):
     Call arguments:
         inputs: the list of feature maps.
         training: whether the `BatchNormalization` sublayers
-            (`bn_before_concat`) run in training mode.
+            (`batch_norm_before_concat`) run in training mode.
         mask: `None` or a list of one boolean mask (or `None`) per input,
             each of its input's shape without the channel axis. Keras passes
             the inputs' masks here; a mask of another shape raises a
@@ -196,8 +216,8 @@ class FusionSelector(keras.layers.Layer):
         with `"channels_first"`. Batch sizes must agree; spatial sizes must
         agree unless `align` is set; with `"add"` and `"weighted_add"`
         channel counts must agree unless `projection` is set. Channel counts
-        must be known when the layer has weights (`bn_before_concat`,
-        `projection`, `weight_per_channel`).
+        must be known when the layer has weights
+        (`batch_norm_before_concat`, `projection`, `weight_per_channel`).
 
     Output shape:
         The inputs' rank, with each spatial dimension the inputs' common
@@ -205,18 +225,32 @@ class FusionSelector(keras.layers.Layer):
         (`"pad"`); `sum(channels)` channels for `"concat"`, otherwise the
         common channel count (`projection` if it is set). The output mask,
         if there is one, is the output's shape without the channel axis.
+
+    Reference:
+
+    - [He et al., 2016, "Deep Residual Learning for Image
+      Recognition"](https://arxiv.org/abs/1512.03385) (addition).
+    - [Huang et al., 2017, "Densely Connected Convolutional
+      Networks"](https://arxiv.org/abs/1608.06993) (concatenation).
+    - [Lin et al., 2017, "Feature Pyramid Networks for Object
+      Detection"](https://arxiv.org/abs/1612.03144) (`projection`).
+    - [Cao et al., 2017, "Feature-Fused SSD: Fast Detection for Small
+      Objects"](https://arxiv.org/abs/1709.05054) (add vs concat).
+    - [Tan, Pang and Le, 2020, "EfficientDet: Scalable and Efficient
+      Object Detection"](https://arxiv.org/abs/1911.09070)
+      (`"weighted_add"`).
     """
 
     def __init__(
         self,
         mode="concat",
-        bn_before_concat=False,
+        batch_norm_before_concat=False,
         align=None,
         projection=None,
         weight_per_channel=False,
-        epsilon=1e-4,
-        momentum=0.99,
-        bn_epsilon=1e-3,
+        fusion_epsilon=1e-4,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1.001e-5,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
         axis=None,
@@ -236,18 +270,18 @@ class FusionSelector(keras.layers.Layer):
                 f"Received: align={align!r}"
             )
         for name, value in (
-            ("bn_before_concat", bn_before_concat),
+            ("batch_norm_before_concat", batch_norm_before_concat),
             ("weight_per_channel", weight_per_channel),
         ):
             if not isinstance(value, bool):
                 raise TypeError(
                     f"`{name}` should be a bool. Received: {name}={value!r}"
                 )
-        if bn_before_concat and mode != "concat":
+        if batch_norm_before_concat and mode != "concat":
             raise ValueError(
-                "`bn_before_concat=True` normalizes the inputs of a "
+                "`batch_norm_before_concat=True` normalizes the inputs of a "
                 "concatenation and should only be used with mode='concat'. "
-                f"Received: bn_before_concat=True, mode={mode!r}"
+                f"Received: batch_norm_before_concat=True, mode={mode!r}"
             )
         if weight_per_channel and mode != "weighted_add":
             raise ValueError(
@@ -272,32 +306,39 @@ class FusionSelector(keras.layers.Layer):
                     f"channel counts. Received: projection={projection!r}, "
                     f"mode={mode!r}"
                 )
-        for name, value in (("epsilon", epsilon), ("bn_epsilon", bn_epsilon)):
-            if not isinstance(value, numbers.Real) or value <= 0:
-                raise ValueError(
-                    f"`{name}` should be a positive number. Received: "
-                    f"{name}={value!r}"
-                )
-        if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
-            raise ValueError(
-                "`momentum` should be a number in [0, 1]. Received: "
-                f"momentum={momentum!r}"
-            )
         self.mode = mode
-        self.bn_before_concat = bn_before_concat
+        self.batch_norm_before_concat = batch_norm_before_concat
         self.align = align
         self.projection = None if projection is None else int(projection)
         self.weight_per_channel = weight_per_channel
-        self.epsilon = float(epsilon)
-        self.momentum = float(momentum)
-        self.bn_epsilon = float(bn_epsilon)
+        self.fusion_epsilon = check_real(
+            fusion_epsilon,
+            "fusion_epsilon",
+            "a positive number",
+            lambda v: v > 0,
+        )
+        self.batch_norm_momentum = check_real(
+            batch_norm_momentum,
+            "batch_norm_momentum",
+            "a number in [0, 1]",
+            lambda v: 0 <= v <= 1,
+        )
+        self.batch_norm_epsilon = check_real(
+            batch_norm_epsilon,
+            "batch_norm_epsilon",
+            "a positive number",
+            lambda v: v > 0,
+        )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.axis = validate_axis_argument(axis)
         self.data_format = standardize_data_format(data_format)
         self.synchronized = check_synchronized(synchronized)
+        self._weighted_add = None
 
     def build(self, input_shape):
+        # compute_output_shape checks that the inputs can be aligned and
+        # fused, and gives the shape every input has once aligned.
         output_shape = self.compute_output_shape(input_shape)
         rank = len(output_shape)
         self._channel_axis = resolve_channel_axis(
@@ -305,67 +346,27 @@ class FusionSelector(keras.layers.Layer):
         )
         channels = [s[self._channel_axis] for s in input_shape]
         if None in channels and (
-            self.bn_before_concat
+            self.batch_norm_before_concat
             or self.projection is not None
             or self.weight_per_channel
         ):
             raise ValueError(
-                f"`{self.__class__.__name__}` with bn_before_concat, "
+                f"`{self.__class__.__name__}` with batch_norm_before_concat, "
                 "projection or weight_per_channel needs the channel count "
                 f"(axis {self._channel_axis}) of every input. Received: "
                 f"inputs with shapes {[tuple(s) for s in input_shape]}"
             )
-        self._batch_norms = []
-        self._projections = []
-        for index, shape in enumerate(input_shape):
-            if self.bn_before_concat:
-                batch_norm = keras.layers.BatchNormalization(
-                    axis=self._channel_axis,
-                    momentum=self.momentum,
-                    epsilon=self.bn_epsilon,
-                    synchronized=self.synchronized,
-                    dtype=self.dtype_policy,
-                    name=f"bn_{index}",
-                )
-                batch_norm.build(shape)
-                self._batch_norms.append(batch_norm)
-            if self.projection is None:
-                continue
-            projection = None
-            if channels[index] != self.projection:
-                projection = _CONVOLUTIONS[rank](
-                    self.projection,
-                    1,
-                    data_format=self.data_format,
-                    # A fresh initializer and regularizer per convolution:
-                    # an unseeded initializer shared by all would draw equal
-                    # kernels, and shared objects tie the sublayers.
-                    kernel_initializer=keras.initializers.serialize(
-                        self.kernel_initializer
-                    ),
-                    kernel_regularizer=keras.regularizers.serialize(
-                        self.kernel_regularizer
-                    ),
-                    dtype=self.dtype_policy,
-                    name=f"projection_{index}",
-                )
-                # A 1x1 convolution maps each position on its own, so the
-                # input's mask holds for its output.
-                projection.supports_masking = True
-                projection.build(shape)
-            self._projections.append(projection)
+        self._batch_norms = self._build_batch_norms(input_shape)
+        self._projections = self._build_projections(input_shape, channels)
         if self.mode == "weighted_add":
-            num_inputs = len(input_shape)
-            self.fusion_weights = self.add_weight(
-                name="fusion_weights",
-                shape=(
-                    (num_inputs, output_shape[self._channel_axis])
-                    if self.weight_per_channel
-                    else (num_inputs,)
-                ),
-                initializer="ones",
+            self._weighted_add = self._build_weighted_add(
+                output_shape, len(input_shape)
             )
-        if self._batch_norms or self._projections or self.weights:
+        if (
+            self._batch_norms
+            or self._projections
+            or self._weighted_add is not None
+        ):
             # State that belongs to input i ties the layer to these inputs:
             # Keras then checks the number of inputs and their channels in
             # later calls. Without it, like keras.layers.Add, the layer may
@@ -382,55 +383,13 @@ class FusionSelector(keras.layers.Layer):
         # The run-time shapes may know sizes that were None in build():
         # compute_output_shape holds the shape checks, run them on those.
         self.compute_output_shape([tuple(x.shape) for x in inputs])
-        name = self.__class__.__name__
-        masks = check_masks(inputs, mask, self._channel_axis, name)
-        fused = list(inputs)
-        if self._batch_norms:
-            masked = [i for i, m in enumerate(masks) if m is not None]
-            if masked and self.data_format == "channels_first":
-                raise ValueError(
-                    "`bn_before_concat=True` does not take masked inputs "
-                    "with data_format='channels_first': "
-                    "keras.layers.BatchNormalization lines a mask up with "
-                    "the leading axes of its input, not with the spatial "
-                    "axes of a channels_first input. Pass "
-                    "data_format='channels_last', or inputs without masks. "
-                    f"Received: masks for inputs {masked} with "
-                    "data_format='channels_first'"
-                )
-            fused = [
-                batch_norm(x, training=training, mask=m)
-                for batch_norm, x, m in zip(
-                    self._batch_norms, fused, masks, strict=True
-                )
-            ]
-        if self._projections:
-            fused = [
-                x if projection is None else projection(x)
-                for projection, x in zip(self._projections, fused, strict=True)
-            ]
-        if self.align == "crop":
-            fused = crop_to_smallest(fused, data_format=self.data_format)
-        elif self.align == "pad":
-            fused = pad_to_largest(fused, data_format=self.data_format)
-        if self.mode == "concat":
-            return ops.concatenate(fused, axis=self._channel_axis)
-        if self.mode == "add":
-            output = fused[0]
-            for x in fused[1:]:
-                output = ops.add(output, x)
-            return output
-        weights = ops.relu(self.fusion_weights)
-        weights = weights / (ops.sum(weights, axis=0) + self.epsilon)
-        if self.weight_per_channel:
-            rank = len(fused[0].shape)
-            broadcast = [1] * (rank - 1)
-            broadcast[self._channel_axis - 1] = weights.shape[1]
-            weights = ops.reshape(weights, (len(fused), *broadcast))
-        output = ops.multiply(weights[0], fused[0])
-        for index in range(1, len(fused)):
-            output = ops.add(output, ops.multiply(weights[index], fused[index]))
-        return output
+        masks = check_masks(
+            inputs, mask, self._channel_axis, self.__class__.__name__
+        )
+        fused = self._normalize(list(inputs), masks, training)
+        fused = self._project(fused)
+        fused = self._align(fused)
+        return self._fuse(fused)
 
     def compute_mask(self, inputs, mask=None):
         if mask is None:
@@ -498,13 +457,13 @@ class FusionSelector(keras.layers.Layer):
         config.update(
             {
                 "mode": self.mode,
-                "bn_before_concat": self.bn_before_concat,
+                "batch_norm_before_concat": self.batch_norm_before_concat,
                 "align": self.align,
                 "projection": self.projection,
                 "weight_per_channel": self.weight_per_channel,
-                "epsilon": self.epsilon,
-                "momentum": self.momentum,
-                "bn_epsilon": self.bn_epsilon,
+                "fusion_epsilon": self.fusion_epsilon,
+                "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
@@ -517,3 +476,129 @@ class FusionSelector(keras.layers.Layer):
             }
         )
         return config
+
+    @property
+    def fusion_weights(self):
+        """The `weighted_add` sublayer's `fusion_weights` variable."""
+        if self._weighted_add is None:
+            raise AttributeError(
+                "`fusion_weights` exists once a FusionSelector with "
+                "mode='weighted_add' is built. Received: "
+                f"mode={self.mode!r}, built={self.built}"
+            )
+        return self._weighted_add.fusion_weights
+
+    # Sublayers, one concern each, in the order `call` applies them:
+    # per-input BatchNorm, projection, alignment, fusion.
+
+    def _build_batch_norms(self, input_shape):
+        if not self.batch_norm_before_concat:
+            return []
+        batch_norms = []
+        for index, shape in enumerate(input_shape):
+            batch_norm = keras.layers.BatchNormalization(
+                axis=self._channel_axis,
+                momentum=self.batch_norm_momentum,
+                epsilon=self.batch_norm_epsilon,
+                synchronized=self.synchronized,
+                dtype=self.dtype_policy,
+                name=f"bn_{index}",
+            )
+            batch_norm.build(shape)
+            batch_norms.append(batch_norm)
+        return batch_norms
+
+    def _build_projections(self, input_shape, channels):
+        """One 1x1 convolution per input (`None` where the input already has
+        `projection` channels), or `[]` without `projection`."""
+        if self.projection is None:
+            return []
+        rank = len(input_shape[0])
+        projections = []
+        for index, shape in enumerate(input_shape):
+            if channels[index] == self.projection:
+                projections.append(None)
+                continue
+            projection = _CONVOLUTIONS[rank](
+                self.projection,
+                1,
+                data_format=self.data_format,
+                # A fresh initializer and regularizer per convolution: an
+                # unseeded initializer shared by all would draw equal
+                # kernels, and shared objects tie the sublayers.
+                kernel_initializer=keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                kernel_regularizer=keras.regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                dtype=self.dtype_policy,
+                name=f"projection_{index}",
+            )
+            # A 1x1 convolution maps each position on its own, so the
+            # input's mask holds for its output.
+            projection.supports_masking = True
+            projection.build(shape)
+            projections.append(projection)
+        return projections
+
+    def _build_weighted_add(self, output_shape, num_inputs):
+        weighted_add = WeightedAdd(
+            weight_per_channel=self.weight_per_channel,
+            fusion_epsilon=self.fusion_epsilon,
+            axis=self.axis,
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+            name="weighted_add",
+        )
+        # Projected and aligned, every input has the output's shape.
+        weighted_add.build([output_shape] * num_inputs)
+        return weighted_add
+
+    def _normalize(self, inputs, masks, training):
+        if not self._batch_norms:
+            return inputs
+        masked = [i for i, m in enumerate(masks) if m is not None]
+        if masked and self.data_format == "channels_first":
+            raise ValueError(
+                "`batch_norm_before_concat=True` does not take masked "
+                "inputs with data_format='channels_first': "
+                "keras.layers.BatchNormalization lines a mask up with the "
+                "leading axes of its input, not with the spatial axes of a "
+                "channels_first input. Pass data_format='channels_last', or "
+                f"inputs without masks. Received: masks for inputs {masked} "
+                "with data_format='channels_first'"
+            )
+        return [
+            batch_norm(x, training=training, mask=m)
+            for batch_norm, x, m in zip(
+                self._batch_norms, inputs, masks, strict=True
+            )
+        ]
+
+    def _project(self, inputs):
+        if not self._projections:
+            return inputs
+        return [
+            x if projection is None else projection(x)
+            for projection, x in zip(self._projections, inputs, strict=True)
+        ]
+
+    def _align(self, inputs):
+        if self.align == "crop":
+            return crop_to_smallest(inputs, data_format=self.data_format)
+        if self.align == "pad":
+            return pad_to_largest(inputs, data_format=self.data_format)
+        return inputs
+
+    def _fuse(self, inputs):
+        if self.mode == "concat":
+            return ops.concatenate(inputs, axis=self._channel_axis)
+        if self.mode == "add":
+            output = inputs[0]
+            for x in inputs[1:]:
+                output = ops.add(output, x)
+            return output
+        # The output mask is compute_mask's, from the inputs' masks before
+        # alignment; the sublayer gets none, so that it sets none.
+        return self._weighted_add(inputs, mask=[None] * len(inputs))

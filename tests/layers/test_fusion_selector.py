@@ -6,16 +6,21 @@ import keras
 import numpy as np
 import pytest
 
+import keras_fusion
 from keras_fusion import CropAndConcat
 from keras_fusion import FusionSelector
+from keras_fusion import WeightedAdd
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
-from tests.backend_utils import value_and_grads
 from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
+
+# keras.layers.BatchNormalization's default epsilon, passed to both sides
+# where FusionSelector's BatchNorm sublayers are compared with it.
+BN_EPSILON = 1e-3
 
 
 def sublayer_variables(layer, sublayer_name):
@@ -27,20 +32,6 @@ def sublayer_variables(layer, sublayer_name):
     }
 
 
-def numpy_weighted_add(arrays, weights, epsilon=1e-4, channel_axis=-1):
-    """BiFPN's fast normalized fusion, written as in the paper."""
-    weights = np.maximum(np.asarray(weights, dtype="float64"), 0.0)
-    if weights.ndim == 2:
-        shape = [1] * arrays[0].ndim
-        shape[channel_axis] = weights.shape[1]
-        weights = [w.reshape(shape) for w in weights]
-    numerator = sum(w * x for w, x in zip(weights, arrays, strict=True))
-    return numerator / (sum(weights) + epsilon)
-
-
-# `weights`: the numbers of trainable and non-trainable weights: fusion
-# weights (1), a projection's kernel and bias (2), a BatchNormalization's
-# gamma and beta (2) and moving mean and variance (2, non-trainable).
 def random_masks(arrays, data_format="channels_last", seed=0):
     """One random boolean mask per array: its shape without channels."""
     rng = np.random.default_rng(seed)
@@ -95,6 +86,9 @@ def masked_arrays(shapes, seed):
     return arrays, masks
 
 
+# `weights`: the numbers of trainable and non-trainable weights: fusion
+# weights (1), a projection's kernel and bias (2), a BatchNormalization's
+# gamma and beta (2) and moving mean and variance (2, non-trainable).
 LAYER_CASES = pytest.mark.parametrize(
     "init_kwargs, input_shape, expected, weights",
     [
@@ -123,7 +117,7 @@ LAYER_CASES = pytest.mark.parametrize(
             (1, 0),
         ),
         (
-            {"mode": "concat", "bn_before_concat": True},
+            {"mode": "concat", "batch_norm_before_concat": True},
             [(4, 6, 6, 3), (4, 6, 6, 5)],
             (4, 6, 6, 8),
             (4, 4),
@@ -277,19 +271,25 @@ def reference_bn_concat(batch_norms, arrays, training):
 
 
 def _bn_layers_with_shared_initial_state(shapes, momentum):
-    """A FusionSelector with bn_before_concat and per-input BN references.
+    """A FusionSelector with batch_norm_before_concat and per-input
+    BatchNormalization references.
 
     All start from the same random gamma, beta and moving statistics, so
     that the comparison does not rest on the default ones and zeros.
     """
     layer = FusionSelector(
-        mode="concat", bn_before_concat=True, momentum=momentum
+        mode="concat",
+        batch_norm_before_concat=True,
+        batch_norm_momentum=momentum,
+        batch_norm_epsilon=BN_EPSILON,
     )
     layer.build(shapes)
     references = []
     rng = np.random.default_rng(4)
     for index, shape in enumerate(shapes):
-        reference = keras.layers.BatchNormalization(momentum=momentum)
+        reference = keras.layers.BatchNormalization(
+            momentum=momentum, epsilon=BN_EPSILON
+        )
         reference.build(shape)
         channels = shape[-1]
         state = [
@@ -311,13 +311,14 @@ def _bn_layers_with_shared_initial_state(shapes, momentum):
 
 
 def _batches(shapes, step):
-    # Inputs on different scales, as in the article's deconvolution and
-    # convolution branches: one shared normalization could not fit both.
+    # Inputs on different scales, as the deconvolution and convolution
+    # branches of "深度特征融合---理解add和concat之多层特征融合" are: one
+    # shared normalization could not fit both.
     arrays = make_inputs(shapes, seed=10 + step)
     return [a * (1 + 4 * i) + 3 * i for i, a in enumerate(arrays)]
 
 
-def test_bn_before_concat_matches_bn_then_concatenate_in_training():
+def test_batch_norm_before_concat_matches_bn_then_concatenate_in_training():
     shapes = [(8, 5, 5, 3), (8, 5, 5, 2)]
     layer, references = _bn_layers_with_shared_initial_state(shapes, 0.9)
     for step in range(2):
@@ -346,7 +347,7 @@ def _assert_moving_statistics_equal(layer, references):
             )
 
 
-def test_bn_before_concat_matches_bn_then_concatenate_in_inference():
+def test_batch_norm_before_concat_matches_bn_then_concatenate_in_inference():
     shapes = [(4, 5, 5, 3), (4, 5, 5, 2)]
     layer, references = _bn_layers_with_shared_initial_state(shapes, 0.99)
     arrays = _batches(shapes, 0)
@@ -359,21 +360,26 @@ def test_bn_before_concat_matches_bn_then_concatenate_in_inference():
     )
 
 
-def test_bn_before_concat_fit_steps_match_bn_then_concatenate():
+def test_batch_norm_before_concat_fit_steps_match_bn_then_concatenate():
     shapes = [(8, 5, 5, 3), (8, 5, 5, 2)]
     inputs = [keras.Input(s[1:]) for s in shapes]
     model = keras.Model(
         inputs,
-        FusionSelector(mode="concat", bn_before_concat=True, momentum=0.9)(
-            inputs
-        ),
+        FusionSelector(
+            mode="concat",
+            batch_norm_before_concat=True,
+            batch_norm_momentum=0.9,
+            batch_norm_epsilon=BN_EPSILON,
+        )(inputs),
     )
     reference_inputs = [keras.Input(s[1:]) for s in shapes]
     reference_model = keras.Model(
         reference_inputs,
         keras.layers.Concatenate()(
             [
-                keras.layers.BatchNormalization(momentum=0.9)(x)
+                keras.layers.BatchNormalization(
+                    momentum=0.9, epsilon=BN_EPSILON
+                )(x)
                 for x in reference_inputs
             ]
         ),
@@ -400,8 +406,8 @@ def test_bn_before_concat_fit_steps_match_bn_then_concatenate():
             )
 
 
-def test_bn_before_concat_gives_each_input_its_own_batch_normalization():
-    layer = FusionSelector(mode="concat", bn_before_concat=True)
+def test_batch_norm_before_concat_gives_each_input_its_own_batch_norm():
+    layer = FusionSelector(mode="concat", batch_norm_before_concat=True)
     layer.build([(None, 6, 6, 3), (None, 6, 6, 5), (None, 6, 6, 2)])
     for index, channels in enumerate((3, 5, 2)):
         variables = sublayer_variables(layer, f"bn_{index}")
@@ -416,76 +422,88 @@ def test_bn_before_concat_gives_each_input_its_own_batch_normalization():
 
 
 @pytest.mark.parametrize(
-    "weights, data_format",
+    "init_kwargs, shapes",
     [
-        ([1.0, 1.0], "channels_last"),
-        ([0.3, 2.0, -0.5], "channels_last"),
-        ([[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]], "channels_last"),
-        ([[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]], "channels_first"),
+        ({}, [(2, 6, 5, 3)] * 3),
+        (
+            {"weight_per_channel": True, "data_format": "channels_first"},
+            [(2, 3, 6, 5)] * 2,
+        ),
+        (
+            {"weight_per_channel": True, "projection": 3, "align": "crop"},
+            [(2, 7, 6, 3), (2, 6, 5, 4)],
+        ),
     ],
-    ids=["initial", "negative-clipped", "per-channel", "per-channel-ch-first"],
+    ids=["per-input", "per-channel-channels-first", "projection-crop"],
 )
-def test_weighted_add_matches_numpy_formula(weights, data_format):
-    weights = np.asarray(weights, dtype="float32")
-    per_channel = weights.ndim == 2
-    shape = (2, 3, 6, 5) if data_format == "channels_first" else (2, 6, 5, 3)
-    arrays = make_inputs([shape] * len(weights), seed=3)
-    layer = FusionSelector(
-        mode="weighted_add",
-        weight_per_channel=per_channel,
-        data_format=data_format,
+def test_weighted_add_mode_is_a_weighted_add_after_projection_and_alignment(
+    init_kwargs, shapes
+):
+    # The numerics of the fusion itself are WeightedAdd's tests.
+    arrays = make_inputs(shapes, seed=3)
+    layer = FusionSelector(mode="weighted_add", name="fuse", **init_kwargs)
+    layer.build(shapes)
+    weights = np.random.default_rng(3).uniform(
+        -0.5, 2.0, layer.fusion_weights.shape
     )
-    layer.build([shape] * len(weights))
     layer.fusion_weights.assign(weights)
-    channel_axis = 1 if data_format == "channels_first" else -1
+    reference = WeightedAdd(
+        weight_per_channel=init_kwargs.get("weight_per_channel", False),
+        data_format=init_kwargs.get("data_format"),
+    )
+    projected = []
+    for index, x in enumerate(arrays):
+        variables = sublayer_variables(layer, f"projection_{index}")
+        if variables:
+            kernel = to_numpy(variables["kernel"])[0, 0]
+            x = x @ kernel + to_numpy(variables["bias"])
+        projected.append(x)
+    aligned = keras_fusion.ops.crop_to_smallest(
+        projected, data_format=layer.data_format
+    )
+    reference.build([tuple(x.shape) for x in aligned])
+    reference.fusion_weights.assign(weights)
     np.testing.assert_allclose(
-        to_numpy(layer(arrays)),
-        numpy_weighted_add(arrays, weights, channel_axis=channel_axis),
-        rtol=0,
-        atol=1e-5,
+        to_numpy(layer(arrays)), to_numpy(reference(aligned)), rtol=0, atol=1e-5
     )
 
 
 @pytest.mark.parametrize(
     "weight_per_channel, expected_shape", [(False, (3,)), (True, (3, 4))]
 )
-def test_weighted_add_weights_start_at_one(weight_per_channel, expected_shape):
+def test_weighted_add_mode_keeps_its_fusion_weights_reachable(
+    weight_per_channel, expected_shape
+):
     layer = FusionSelector(
-        mode="weighted_add", weight_per_channel=weight_per_channel
+        mode="weighted_add", weight_per_channel=weight_per_channel, name="fuse"
     )
     layer.build([(None, 5, 5, 4)] * 3)
+    # The variable of the `weighted_add` sublayer, also an attribute here.
+    assert layer.fusion_weights.path == "fuse/weighted_add/fusion_weights"
+    assert [v.path for v in layer.trainable_weights] == [
+        "fuse/weighted_add/fusion_weights"
+    ]
     assert layer.fusion_weights.shape == expected_shape
-    assert layer.fusion_weights.trainable
     np.testing.assert_array_equal(
         to_numpy(layer.fusion_weights), np.ones(expected_shape)
     )
 
 
-def test_weighted_add_weights_receive_gradients():
-    arrays = make_inputs([(2, 4, 4, 3)] * 3, seed=8)
-    weights = np.array([0.5, 2.0, -1.0], dtype="float32")
-    layer = FusionSelector(mode="weighted_add")
-    layer.build([tuple(a.shape) for a in arrays])
-    layer.fusion_weights.assign(weights)
-    _, grads = value_and_grads(layer, arrays, loss_fn=keras.ops.sum)
-    (gradient,) = grads[1:]
-    # d/dw_j of sum(sum_i w_i x_i / (S + eps)), S = sum of positive w_i,
-    # for w_j > 0; relu stops the gradient of the negative weight.
-    totals = np.array([a.sum() for a in arrays], dtype="float64")
-    positive = np.maximum(weights, 0)
-    denominator = positive.sum() + 1e-4
-    expected = totals / denominator - positive @ totals / denominator**2
-    expected[weights <= 0] = 0.0
-    np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-5)
-    assert np.all(gradient[:2] != 0)
+@pytest.mark.parametrize("mode", ["add", "concat"])
+def test_fusion_weights_exist_only_in_weighted_add_mode(mode):
+    layer = FusionSelector(mode=mode)
+    layer.build([(None, 5, 5, 4)] * 2)
+    with pytest.raises(AttributeError, match="mode='weighted_add'"):
+        layer.fusion_weights  # noqa: B018
 
 
 @pytest.mark.parametrize("num_inputs", [2, 3])
 def test_add_then_conv_equals_concat_then_conv_with_repeated_kernel(
     num_inputs,
 ):
-    # Seed 004: add followed by a convolution is concat followed by a
-    # convolution whose kernel is shared by (repeated for) every input.
+    # "深度特征融合---理解add和concat之多层特征融合": add followed by a
+    # convolution is concat followed by a convolution whose kernel is
+    # shared by (repeated for) every input.
     channels, filters, size = 3, 4, 3
     arrays = make_inputs([(2, 9, 9, channels)] * num_inputs, seed=5)
     rng = np.random.default_rng(5)
@@ -629,9 +647,9 @@ def test_every_option_round_trips_through_get_config():
         align="pad",
         projection=8,
         weight_per_channel=True,
-        epsilon=1e-3,
-        momentum=0.9,
-        bn_epsilon=1e-5,
+        fusion_epsilon=1e-3,
+        batch_norm_momentum=0.9,
+        batch_norm_epsilon=1e-5,
         kernel_initializer=keras.initializers.HeNormal(seed=3),
         kernel_regularizer=keras.regularizers.L2(0.01),
         axis=1,
@@ -657,7 +675,7 @@ def test_switching_a_saved_models_fusion_is_a_config_edit(tmp_path):
     for layer_config in config["layers"]:
         if layer_config["name"] == "fuse":
             layer_config["config"]["mode"] = "concat"
-            layer_config["config"]["bn_before_concat"] = True
+            layer_config["config"]["batch_norm_before_concat"] = True
     switched = keras.Model.from_config(config)
     arrays = make_inputs([(2, 6, 6, 3), (2, 6, 6, 3)], seed=1)
     assert switched.output_shape == (None, 6)
@@ -665,7 +683,9 @@ def test_switching_a_saved_models_fusion_is_a_config_edit(tmp_path):
         to_numpy(switched(arrays)),
         to_numpy(
             keras.layers.GlobalAveragePooling2D()(
-                FusionSelector(mode="concat", bn_before_concat=True)(arrays)
+                FusionSelector(mode="concat", batch_norm_before_concat=True)(
+                    arrays
+                )
             )
         ),
         rtol=0,
@@ -677,7 +697,7 @@ def test_switching_a_saved_models_fusion_is_a_config_edit(tmp_path):
     "init_kwargs, shapes",
     [
         (
-            {"mode": "concat", "bn_before_concat": True},
+            {"mode": "concat", "batch_norm_before_concat": True},
             [(4, 5, 5, 3), (4, 5, 5, 2)],
         ),
         (
@@ -763,7 +783,7 @@ def test_layer_without_weights_can_be_reused_on_more_inputs(mode):
     "init_kwargs",
     [
         {"mode": "weighted_add"},
-        {"mode": "concat", "bn_before_concat": True},
+        {"mode": "concat", "batch_norm_before_concat": True},
         {"mode": "add", "projection": 2},
     ],
 )
@@ -791,13 +811,16 @@ def test_fusion_selector_errors_if_mode_is_unknown():
 
 
 @pytest.mark.parametrize("mode", ["add", "weighted_add"])
-def test_fusion_selector_errors_if_bn_before_concat_without_concat(mode):
+def test_fusion_selector_errors_if_batch_norm_before_concat_without_concat(
+    mode,
+):
     with pytest.raises(
         ValueError,
-        match="`bn_before_concat=True`.*only be used with mode='concat'.*"
-        f"Received: bn_before_concat=True, mode='{mode}'",
+        match="`batch_norm_before_concat=True`.*only be used with "
+        "mode='concat'.*"
+        f"Received: batch_norm_before_concat=True, mode='{mode}'",
     ):
-        FusionSelector(mode=mode, bn_before_concat=True)
+        FusionSelector(mode=mode, batch_norm_before_concat=True)
 
 
 def test_fusion_selector_errors_if_given_a_single_input():
@@ -892,7 +915,9 @@ def test_fusion_selector_errors_if_weight_per_channel_without_weighted_add(
         FusionSelector(mode=mode, weight_per_channel=True)
 
 
-@pytest.mark.parametrize("name", ["bn_before_concat", "weight_per_channel"])
+@pytest.mark.parametrize(
+    "name", ["batch_norm_before_concat", "weight_per_channel"]
+)
 def test_fusion_selector_errors_if_flag_is_not_a_bool(name):
     with pytest.raises(
         TypeError, match=f"`{name}` should be a bool. Received: {name}='yes'"
@@ -903,10 +928,10 @@ def test_fusion_selector_errors_if_flag_is_not_a_bool(name):
 @pytest.mark.parametrize(
     "name, value, expected",
     [
-        ("epsilon", 0.0, "a positive number"),
-        ("epsilon", "small", "a positive number"),
-        ("bn_epsilon", -1e-3, "a positive number"),
-        ("momentum", 1.5, r"a number in \[0, 1\]"),
+        ("fusion_epsilon", 0.0, "a positive number"),
+        ("fusion_epsilon", "small", "a positive number"),
+        ("batch_norm_epsilon", -1e-3, "a positive number"),
+        ("batch_norm_momentum", 1.5, r"a number in \[0, 1\]"),
     ],
 )
 def test_fusion_selector_errors_if_number_is_out_of_range(
@@ -922,7 +947,7 @@ def test_fusion_selector_errors_if_number_is_out_of_range(
 @pytest.mark.parametrize(
     "init_kwargs",
     [
-        {"mode": "concat", "bn_before_concat": True},
+        {"mode": "concat", "batch_norm_before_concat": True},
         {"mode": "add", "projection": 4},
         {"mode": "weighted_add", "weight_per_channel": True},
     ],
@@ -986,7 +1011,7 @@ def test_masks_combine_as_in_keras_merging_layers(mode, keras_layer, masked):
         ({"mode": "add", "projection": 4}, keras.layers.Add),
         ({"mode": "concat"}, keras.layers.Concatenate),
         (
-            {"mode": "concat", "bn_before_concat": True},
+            {"mode": "concat", "batch_norm_before_concat": True},
             keras.layers.Concatenate,
         ),
     ],
@@ -1096,7 +1121,10 @@ def test_inputs_without_masks_give_no_mask(mode, align):
     "init_kwargs, shapes",
     [
         ({"mode": "add"}, [(2, 7, 3), (2, 7, 3)]),
-        ({"mode": "concat", "bn_before_concat": True}, [(2, 7, 3), (2, 7, 2)]),
+        (
+            {"mode": "concat", "batch_norm_before_concat": True},
+            [(2, 7, 3), (2, 7, 2)],
+        ),
         (
             {"mode": "weighted_add", "projection": 4, "align": "pad"},
             [(2, 7, 3), (2, 5, 4)],
@@ -1172,22 +1200,27 @@ def test_fusion_selector_errors_if_mask_count_differs_from_inputs():
 
 
 def _masked_bn_models(shapes, momentum, masking=True):
-    """FusionSelector(bn_before_concat=True) and the plain Keras wiring
+    """FusionSelector(batch_norm_before_concat=True) and the plain Keras wiring
     (BatchNormalization per input, then Concatenate), both after
     `keras.layers.Masking` (or without it), from one random initial state."""
     inputs = [keras.Input(s[1:]) for s in shapes]
     masked = [keras.layers.Masking()(x) if masking else x for x in inputs]
     ours = keras.Model(
         inputs,
-        FusionSelector(mode="concat", bn_before_concat=True, momentum=momentum)(
-            masked
-        ),
+        FusionSelector(
+            mode="concat",
+            batch_norm_before_concat=True,
+            batch_norm_momentum=momentum,
+            batch_norm_epsilon=BN_EPSILON,
+        )(masked),
     )
     by_hand = keras.Model(
         inputs,
         keras.layers.Concatenate()(
             [
-                keras.layers.BatchNormalization(momentum=momentum)(x)
+                keras.layers.BatchNormalization(
+                    momentum=momentum, epsilon=BN_EPSILON
+                )(x)
                 for x in masked
             ]
         ),
@@ -1201,7 +1234,7 @@ def _masked_bn_models(shapes, momentum, masking=True):
     return ours, by_hand
 
 
-def test_bn_before_concat_with_masks_matches_masked_batch_normalization():
+def test_batch_norm_before_concat_with_masks_matches_masked_batch_norm():
     shapes = [(8, 5, 5, 3), (8, 5, 5, 2)]
     ours, by_hand = _masked_bn_models(shapes, momentum=0.9)
     unmasked, _ = _masked_bn_models(shapes, momentum=0.9, masking=False)
@@ -1234,7 +1267,7 @@ def test_bn_before_concat_with_masks_matches_masked_batch_normalization():
     )
 
 
-def test_bn_before_concat_normalizes_with_masks_passed_explicitly():
+def test_batch_norm_before_concat_normalizes_with_masks_passed_explicitly():
     shapes = [(8, 5, 5, 3), (8, 5, 5, 2)]
     layer, references = _bn_layers_with_shared_initial_state(shapes, 0.9)
     arrays = _batches(shapes, 0)
@@ -1252,15 +1285,17 @@ def test_bn_before_concat_normalizes_with_masks_passed_explicitly():
     _assert_moving_statistics_equal(layer, references)
 
 
-def test_bn_before_concat_errors_if_masked_with_channels_first():
+def test_batch_norm_before_concat_errors_if_masked_with_channels_first():
     arrays = make_inputs([(2, 3, 5, 5), (2, 2, 5, 5)])
     layer = FusionSelector(
-        mode="concat", bn_before_concat=True, data_format="channels_first"
+        mode="concat",
+        batch_norm_before_concat=True,
+        data_format="channels_first",
     )
     with pytest.raises(
         ValueError,
-        match="`bn_before_concat=True` does not take masked inputs with "
-        "data_format='channels_first'.*data_format='channels_last'.*"
+        match="`batch_norm_before_concat=True` does not take masked inputs "
+        "with data_format='channels_first'.*data_format='channels_last'.*"
         r"Received: masks for inputs \[1\]",
     ):
         layer(arrays, mask=[None, np.ones((2, 5, 5), dtype=bool)])

@@ -1,0 +1,246 @@
+import keras
+from keras import ops
+
+from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import check_real
+from keras_fusion._internal.checks import common_channel_count
+from keras_fusion._internal.checks import common_spatial_shape
+from keras_fusion._internal.checks import resolve_channel_axis
+from keras_fusion._internal.checks import spatial_axes
+from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion._internal.checks import validate_axis_argument
+from keras_fusion._internal.masking import check_masks
+from keras_fusion._internal.masking import fuse_masks
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class WeightedAdd(keras.layers.Layer):
+    """Adds feature maps with learned, normalized weights (BiFPN fusion).
+
+    The fast normalized fusion of EfficientDet's BiFPN: with one learnable
+    weight `w_i` per input `x_i`,
+
+    `output = sum(relu(w_i) * x_i) / (sum(relu(w_i)) + fusion_epsilon)`.
+
+    The ReLU keeps each weight non-negative and the sum normalizes them,
+    so that each input contributes a learned fraction of the output, as a
+    softmax over the weights would, without the exponentials that the
+    paper finds slow on GPUs. The weights are the trainable variable
+    `fusion_weights`, of shape `(num_inputs,)`, or `(num_inputs, channels)`
+    with `weight_per_channel=True`; they start at 1, so that the untrained
+    layer averages its inputs (up to `fusion_epsilon`).
+
+    Like `keras.layers.Add`, it takes inputs of the same shape;
+    `FusionSelector(mode="weighted_add")` uses it after cropping or padding
+    the inputs to a common size (`align`) and projecting them to a common
+    channel count (`projection`).
+
+    Masking is supported: Keras masks propagate as through
+    `keras.layers.Add`. A mask marks positions, so it has its input's shape
+    without the channel axis, in either data format: `(batch, steps)` for
+    `(batch, steps, channels)` inputs, as after `keras.layers.Masking`,
+    `(batch, height, width)` for images. When every input has a mask, a
+    position of the output is valid where any input is valid there; when
+    an input has none, it counts as valid everywhere and, as with
+    `keras.layers.Add`, the output has no mask. Masked positions are summed
+    like the others, as in `keras.layers.Add`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_fusion import WeightedAdd
+    >>> a = np.full((2, 8, 8, 16), 1.0, dtype="float32")
+    >>> b = np.full((2, 8, 8, 16), 3.0, dtype="float32")
+    >>> y = WeightedAdd()([a, b])
+    >>> tuple(y.shape)
+    (2, 8, 8, 16)
+
+    The weights start at 1, so the untrained layer averages its inputs:
+
+    >>> round(float(y[0, 0, 0, 0]), 3)
+    2.0
+
+    One weight per input and channel:
+
+    >>> fuse = WeightedAdd(weight_per_channel=True)
+    >>> fuse.build([a.shape, b.shape])
+    >>> tuple(fuse.fusion_weights.shape)
+    (2, 16)
+
+    Args:
+        weight_per_channel: learn one weight per input and channel instead
+            of one per input. Defaults to `False`.
+        fusion_epsilon: the positive constant added to the sum of the
+            weights, which keeps the division stable when every weight is
+            near zero. Defaults to `1e-4`, BiFPN's value.
+        axis: the channel axis, along which the weights vary with
+            `weight_per_channel=True`: `-1` (or `rank - 1`) for
+            `"channels_last"`, `1` for `"channels_first"`. Defaults to
+            `None`, the channel axis of `data_format`.
+        data_format: `"channels_last"` or `"channels_first"`, the ordering
+            of the dimensions in the inputs. Defaults to
+            `keras.config.image_data_format()`.
+        **kwargs: base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: the list of feature maps.
+        mask: `None` or a list of one boolean mask (or `None`) per input,
+            each of its input's shape without the channel axis. Keras passes
+            the inputs' masks here; a mask of another shape raises a
+            `ValueError`.
+
+    Input shape:
+        A list of 2 or more tensors of the same shape: 3D
+        `(batch, length, channels)`, 4D `(batch, height, width, channels)`
+        or 5D `(batch, depth, height, width, channels)` with
+        `"channels_last"`; the channel axis comes right after the batch axis
+        with `"channels_first"`. With `weight_per_channel=True` the channel
+        count of every input must be known. Once built, the layer takes the
+        number of inputs it was built for.
+
+    Output shape:
+        The inputs' shape. The output mask, if there is one, is the
+        output's shape without the channel axis.
+
+    Reference:
+
+    - [Tan, Pang and Le, 2020, "EfficientDet: Scalable and Efficient
+      Object Detection"](https://arxiv.org/abs/1911.09070), section 3.3,
+      "Weighted Feature Fusion".
+    """
+
+    def __init__(
+        self,
+        weight_per_channel=False,
+        fusion_epsilon=1e-4,
+        axis=None,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(weight_per_channel, bool):
+            raise TypeError(
+                "`weight_per_channel` should be a bool. Received: "
+                f"weight_per_channel={weight_per_channel!r}"
+            )
+        self.weight_per_channel = weight_per_channel
+        self.fusion_epsilon = check_real(
+            fusion_epsilon,
+            "fusion_epsilon",
+            "a positive number",
+            lambda v: v > 0,
+        )
+        self.axis = validate_axis_argument(axis)
+        self.data_format = standardize_data_format(data_format)
+
+    def build(self, input_shape):
+        output_shape = self.compute_output_shape(input_shape)
+        rank = len(output_shape)
+        self._channel_axis = resolve_channel_axis(
+            self.axis, rank, self.data_format
+        )
+        channels = [s[self._channel_axis] for s in input_shape]
+        if self.weight_per_channel and None in channels:
+            raise ValueError(
+                f"`{self.__class__.__name__}` with weight_per_channel=True "
+                "needs the channel count (axis "
+                f"{self._channel_axis}) of every input. Received: inputs "
+                f"with shapes {[tuple(s) for s in input_shape]}"
+            )
+        num_inputs = len(input_shape)
+        self.fusion_weights = self.add_weight(
+            name="fusion_weights",
+            shape=(
+                (num_inputs, output_shape[self._channel_axis])
+                if self.weight_per_channel
+                else (num_inputs,)
+            ),
+            initializer="ones",
+        )
+        # Weight i belongs to input i (and, per channel, to its channels):
+        # Keras then checks the number of inputs (and their channels) in
+        # later calls.
+        self.input_spec = [
+            keras.InputSpec(
+                ndim=rank,
+                axes=(
+                    {self._channel_axis: c} if self.weight_per_channel else None
+                ),
+            )
+            for c in channels
+        ]
+
+    def call(self, inputs, mask=None):
+        # The run-time shapes may know sizes that were None in build():
+        # compute_output_shape holds the shape checks, run them on those.
+        self.compute_output_shape([tuple(x.shape) for x in inputs])
+        check_masks(inputs, mask, self._channel_axis, self.__class__.__name__)
+        weights = ops.relu(self.fusion_weights)
+        weights = weights / (ops.sum(weights, axis=0) + self.fusion_epsilon)
+        if self.weight_per_channel:
+            broadcast = [1] * (len(inputs[0].shape) - 1)
+            broadcast[self._channel_axis - 1] = weights.shape[1]
+            weights = ops.reshape(weights, (len(inputs), *broadcast))
+        output = ops.multiply(weights[0], inputs[0])
+        for index in range(1, len(inputs)):
+            output = ops.add(
+                output, ops.multiply(weights[index], inputs[index])
+            )
+        return output
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None:
+            return None
+        output_shape = self.compute_output_shape(
+            [tuple(x.shape) for x in inputs]
+        )
+        channel = resolve_channel_axis(
+            self.axis, len(output_shape), self.data_format
+        )
+        masks = check_masks(inputs, mask, channel, self.__class__.__name__)
+        if any(m is None for m in masks):
+            # As in keras.layers.Add: an unmasked input is valid everywhere,
+            # so the sum is too.
+            return None
+        return fuse_masks(inputs, masks, None, self.data_format, channel)
+
+    def compute_output_shape(self, input_shape):
+        name = self.__class__.__name__
+        rank = check_fusion_input_shapes(input_shape, self.data_format, name)
+        channel = resolve_channel_axis(self.axis, rank, self.data_format)
+        spatial = common_spatial_shape(
+            input_shape,
+            self.data_format,
+            name,
+            remedy="crop or pad them to a common size first, or use "
+            "FusionSelector(mode='weighted_add', align='crop') (or "
+            "align='pad'), which does",
+        )
+        output_channels = common_channel_count(
+            input_shape,
+            channel,
+            name,
+            remedy="project them to a common channel count first, or use "
+            "FusionSelector(mode='weighted_add', projection=<channels>), "
+            "which does",
+        )
+        batch_sizes = [s[0] for s in input_shape if s[0] is not None]
+        output_shape = [batch_sizes[0] if batch_sizes else None] * rank
+        output_shape[channel] = output_channels
+        for axis, size in zip(
+            spatial_axes(rank, self.data_format), spatial, strict=True
+        ):
+            output_shape[axis] = size
+        return tuple(output_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "weight_per_channel": self.weight_per_channel,
+                "fusion_epsilon": self.fusion_epsilon,
+                "axis": self.axis,
+                "data_format": self.data_format,
+            }
+        )
+        return config
