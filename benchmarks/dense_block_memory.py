@@ -5,7 +5,8 @@
 
 Compares, at growth rate 12, 24 input channels, 32x32, batch 32:
 - `baseline`: the block as `keras.applications.densenet` wires it, plain
-  Keras layers with a `Concatenate` per layer;
+  Keras layers with a `Concatenate` per layer
+  (`benchmarks.reference_densenet.conv_block`);
 - `full`: `MemoryEfficientDenseBlock(recompute="full")`;
 - `concat_bn`: `MemoryEfficientDenseBlock(recompute="concat_bn")`.
 
@@ -43,8 +44,8 @@ BATCH = 32
 
 def keras_applications_block(x, num_layers, growth_rate):
     """The dense block exactly as keras.applications.densenet wires it: its
-    own `conv_block` per layer, each ending in a `Concatenate`."""
-    from keras.src.applications.densenet import conv_block
+    `conv_block` per layer, each ending in a `Concatenate`."""
+    from benchmarks.reference_densenet import conv_block
 
     for i in range(num_layers):
         x = conv_block(x, growth_rate, name=f"block{i + 1}")

@@ -1,15 +1,17 @@
 """Training memory and step time of whole DenseNets.
 
     python -m benchmarks.densenet_memory [--repeats 5] [--rounds 2]
+        [--depths 121 169 201 264]
 
-`keras.applications.DenseNet121/169/201` (and DenseNet-264, built by the
-same `keras.applications.densenet` code with blocks 6, 12, 64, 48) against
+`keras.applications.DenseNet121/169/201` and DenseNet-264 (blocks 6, 12,
+64, 48), all built by `benchmarks.reference_densenet.DenseNet`, the
+`keras.applications.densenet` code written with public layers, against
 `keras_fusion.models.DenseNet121/169/201/264(recompute="full")`, plus our
 DenseNet-121 with `recompute="concat_bn"`: 224x224x3 inputs, batch 8, 10
 classes, one `tf.function` training step (forward, gradients, SGD update)
 in a fresh subprocess per configuration, measured as in
 `benchmarks.dense_block_memory`. The DenseNet-121 configurations run
-alternately `--rounds` times; the deeper ones once. Writes
+alternately `--rounds` times; the deeper ones (`--depths`) once. Writes
 `benchmarks/results/densenet_memory.{md,json,png}` (`--results-dir` picks
 another directory, for trial runs); the table's header names the allocator
 measured.
@@ -39,9 +41,9 @@ CLASSES = 10
 
 def build(implementation, depth):
     if implementation == "keras.applications":
-        from keras.src.applications.densenet import DenseNet
+        from benchmarks import reference_densenet
 
-        return DenseNet(
+        return reference_densenet.DenseNet(
             list(BLOCKS[depth]),
             weights=None,
             input_shape=(SIZE, SIZE, 3),
@@ -106,7 +108,7 @@ def plot(results, path):
     )
     axes.set_xlabel("depth (layers)")
     axes.set_ylabel("peak allocator memory (GiB)")
-    axes.set_xticks(sorted(BLOCKS))
+    axes.set_xticks(sorted({r["depth"] for r in results}))
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend()
@@ -119,6 +121,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
+        "--depths",
+        type=int,
+        nargs="+",
+        choices=sorted(BLOCKS),
+        default=sorted(BLOCKS),
+        help="the depths to measure; DenseNet-121, which the ratios refer "
+        "to, always runs (default: all)",
+    )
+    parser.add_argument(
         "--results-dir",
         default=RESULTS_DIR,
         help="where the table and figure go (default: benchmarks/results)",
@@ -130,7 +141,7 @@ def main():
     for round_index in range(args.rounds):
         order = compared if round_index % 2 == 0 else compared[::-1]
         plan += [(implementation, 121) for implementation in order]
-    for depth in (169, 201, 264):
+    for depth in sorted(set(args.depths) - {121}):
         plan += [("keras.applications", depth), ("full", depth)]
     runs = {}
     for implementation, depth in plan:

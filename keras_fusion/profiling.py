@@ -1,25 +1,59 @@
-"""Peak memory and time of a training step, measured by TensorFlow's
-allocator: `measure_step`, run through `measure_in_fresh_process`.
+"""Peak memory and time of a training step, as TensorFlow's allocator sees it.
 
-Why TensorFlow's allocator is measured in a fresh process with oneDNN on:
-`tf.config.experimental.get_memory_info` and `reset_memory_stats` read the
-statistics of a device's allocator, and on a CPU only oneDNN's allocator
-keeps any. TensorFlow's Linux x86 wheels turn oneDNN on by default only on
-CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX; on other CPUs (an AMD EPYC
-with AVX2 only, say), or with `TF_ENABLE_ONEDNN_OPTS=0`, TensorFlow uses
-its plain CPU allocator, which keeps no statistics, and both functions
-raise `ValueError: Allocator stats not available for device 'CPU:0'`.
+The measurements behind keras_fusion's memory claims, for checking them on
+your own models and machine. The allocator measured is TensorFlow's, so
+the measured step runs on TensorFlow (the TensorFlow Keras backend, or
+plain TensorFlow code):
+
+- `measure_step(step)`: the peak bytes that TensorFlow's allocator held
+  during one call of `step`, beyond what it held before, and the median
+  time of further calls.
+- `measure_in_fresh_process(worker, *args)`: `worker(*args)` run in a new
+  Python process set up so that the allocator keeps statistics; `worker`
+  builds the step, runs it once and returns `measure_step(step)`.
+- `AllocatorStatsUnavailableError`: TensorFlow keeps no statistics for the
+  device, with the reason in the message.
+
+A worker is a function at the top level of a module, a script or a
+notebook, which imports what it uses in its body:
+
+    def worker(recompute):
+        import tensorflow as tf
+
+        from keras_fusion import MemoryEfficientDenseBlock
+        from keras_fusion.profiling import measure_step
+
+        block = MemoryEfficientDenseBlock(12, 12, recompute=recompute)
+        x = tf.random.normal((16, 32, 32, 24))
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(block(x, training=True) ** 2)
+            return tape.gradient(loss, block.trainable_variables)
+
+        step()  # Tracing and variable creation are not measured.
+        return measure_step(step)
+
+    full = measure_in_fresh_process(worker, "full")["peak_bytes"]
+    plain = measure_in_fresh_process(worker, False)["peak_bytes"]
+
+Why a fresh process: `tf.config.experimental.get_memory_info` and
+`reset_memory_stats` read the statistics of a device's allocator, and on a CPU
+only oneDNN's allocator keeps any. TensorFlow's Linux x86 wheels turn oneDNN on
+by default only on CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX; on other
+CPUs (an AMD EPYC with AVX2 only, say), or with `TF_ENABLE_ONEDNN_OPTS=0`,
+TensorFlow uses its plain CPU allocator, which keeps no statistics, and both
+functions raise `ValueError: Allocator stats not available for device 'CPU:0'`.
 TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once, when it is imported, so
-setting it in a process that has imported TensorFlow changes nothing:
-`measure_in_fresh_process` starts a new Python process whose environment
-sets `TF_ENABLE_ONEDNN_OPTS=1` (over a user's `0`) and
-`TF_CPP_MIN_LOG_LEVEL=3`, and runs the measured step there. A fresh process
-per configuration is needed anyway: the statistics are process-wide, and
-one configuration's allocations and compiled graphs must not count against
-another's. A TensorFlow build without oneDNN (some Arm and macOS wheels)
-keeps no CPU statistics whatever the environment; `measure_step` then
-raises `AllocatorStatsUnavailableError`, which `measure_in_fresh_process`
-raises again in the calling process.
+`measure_in_fresh_process` starts a new process whose environment sets
+`TF_ENABLE_ONEDNN_OPTS=1` (over a user's `0`) and `TF_CPP_MIN_LOG_LEVEL=3`
+before anything imports TensorFlow. A fresh process per configuration is needed
+anyway: the statistics are process-wide, and one configuration's allocations
+and compiled graphs must not count against another's. A TensorFlow build
+without oneDNN (some Arm and macOS wheels) keeps no CPU statistics whatever the
+environment: then `measure_step` raises `AllocatorStatsUnavailableError`, and
+`measure_in_fresh_process` raises it again in the calling process.
 """
 
 import importlib
@@ -32,6 +66,12 @@ import subprocess
 import sys
 import textwrap
 import time
+
+__all__ = [
+    "AllocatorStatsUnavailableError",
+    "measure_in_fresh_process",
+    "measure_step",
+]
 
 # Set in the measuring process before anything imports TensorFlow.
 _ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -46,20 +86,28 @@ _CHILD = (
 
 
 class AllocatorStatsUnavailableError(RuntimeError):
-    """TensorFlow keeps no allocator statistics for the measured device,
-    so its peak memory cannot be measured there (see the module's
-    docstring). The message says what is missing and why."""
+    """TensorFlow keeps no allocator statistics for the measured device.
+
+    Its peak memory cannot be measured there (the module's docstring says
+    when that happens); the message says what is missing and why.
+    """
 
 
 def measure_in_fresh_process(worker, *args, timeout=1800, env=None):
-    """Call `worker(*args)` in a fresh Python process set up to measure
-    TensorFlow's allocator, and return what it returned.
+    """`worker(*args)`, run in a fresh process that measures TensorFlow.
 
     The process's environment is this one's with `TF_ENABLE_ONEDNN_OPTS=1`
     and `TF_CPP_MIN_LOG_LEVEL=3`, set before TensorFlow is imported, so
     that the CPU allocator keeps statistics whatever this process's
     environment says; `worker` typically builds a training step, runs it
-    once and returns `measure_step(step)`.
+    once and returns `measure_step(step)` (the module's docstring has a
+    complete worker).
+
+    Example:
+
+    >>> from keras_fusion.profiling import measure_in_fresh_process
+    >>> measure_in_fresh_process("os:getenv", "TF_ENABLE_ONEDNN_OPTS")
+    '1'
 
     Args:
         worker: a function defined at the top level of a module, or its
@@ -81,12 +129,6 @@ def measure_in_fresh_process(worker, *args, timeout=1800, env=None):
             statistics in that process either.
         RuntimeError: the process failed otherwise; the message ends with
             its standard error.
-
-    Example:
-
-    >>> from keras_fusion.profiling import measure_in_fresh_process
-    >>> measure_in_fresh_process("os:getenv", "TF_ENABLE_ONEDNN_OPTS")
-    '1'
     """
     payload = {**_reference(worker), "args": list(args)}
     path = [_import_root("keras_fusion")]
@@ -181,7 +223,7 @@ def measure_step(step, repeats=5, device=None):
     so that tracing and variable creation are not counted. Call it in the
     process `measure_in_fresh_process` starts, one per configuration: the
     statistics are process-wide, and on many CPUs they exist only there
-    (see the module's docstring).
+    (the module's docstring says why, and has an example).
 
     Args:
         step: a function running one step, e.g. a `tf.function`.

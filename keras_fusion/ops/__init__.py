@@ -1,4 +1,11 @@
-"""Backend-agnostic functions shared by the keras_fusion layers."""
+"""Centre cropping and zero-padding of 1D, 2D and 3D feature maps.
+
+The functions the keras_fusion layers align their inputs with, for every
+Keras backend, on eager, traced and symbolic tensors: `center_crop` and
+`center_pad` to a given size, `center_crop_to` another map's size,
+`crop_to_smallest` and `pad_to_largest` for a list of maps, and
+`center_crop_offsets`, the one place where the offsets are computed.
+"""
 
 from keras_fusion.ops.cropping import center_crop
 from keras_fusion.ops.cropping import center_crop_offsets

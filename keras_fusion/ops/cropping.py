@@ -8,9 +8,11 @@ at the end. This is the convention of `keras.layers.CenterCrop` and of
 
 The functions accept backend tensors (eager, inside a layer's `call`, inside
 `tf.function`) and symbolic `keras.KerasTensor`s (functional API). Sizes that
-are unknown until run time are read from the run-time shape, and checked
-when the crop runs: a crop to a size larger than the input raises then, with
-the sizes in the message (see `keras_fusion.backend.size_checks`).
+are unknown until run time are read from the run-time shape. A requested
+size (`center_crop`, `center_crop_to`) is checked again when the crop runs:
+a crop to a size larger than the input raises then, with the sizes in the
+message (see `keras_fusion.backend.size_checks`). `crop_to_smallest` needs
+no such check: the smallest size is never larger than an input.
 """
 
 import keras
@@ -35,6 +37,9 @@ _CROP_TOO_LARGE = (
 
 def center_crop_offsets(size, target):
     """Amounts to remove before and after to centre-crop `size` to `target`.
+
+    The difference `size - target` is split as `keras.layers.CenterCrop`
+    splits it: half before, rounded down, and the rest after.
 
     Example:
 
@@ -98,6 +103,18 @@ def center_crop(x, size, data_format=None):
     Returns:
         `x` with each spatial dimension cropped to `size` (offsets as in
         `center_crop_offsets`).
+
+    Raises:
+        ValueError: if `x` is not of rank 3, 4 or 5, `data_format` is
+            neither `"channels_last"` nor `"channels_first"`, `size` does
+            not have one entry per spatial dimension, or an entry is
+            negative or larger than the input's size. Sizes known only when
+            a TensorFlow graph runs are checked then, and raise
+            `tf.errors.InvalidArgumentError` with the same message. With
+            JAX, a size traced by `jax.jit` raises a `ValueError`: it would
+            set the output shape.
+        TypeError: if an entry of `size` is not an int, `None` or a scalar
+            integer tensor.
     """
     data_format = standardize_data_format(data_format)
     rank = check_feature_map(x, "x")
@@ -128,6 +145,12 @@ def center_crop_to(x, reference, data_format=None):
 
     Returns:
         `x` cropped to the spatial size of `reference`.
+
+    Raises:
+        ValueError: if `x` or `reference` is not of rank 3, 4 or 5, their
+            ranks differ, or `reference` is larger than `x` in a spatial
+            dimension (checked when the crop runs if a size is known only
+            then, as in `center_crop`).
     """
     data_format = standardize_data_format(data_format)
     rank = check_feature_map(x, "x")
@@ -168,6 +191,11 @@ def crop_to_smallest(tensors, data_format=None):
 
     Returns:
         A list of the cropped feature maps, in the order given.
+
+    Raises:
+        ValueError: if `tensors` is not a list of at least 2 feature maps
+            of rank 3, 4 or 5, their ranks differ, or their known batch
+            sizes differ.
     """
     data_format = standardize_data_format(data_format)
     if not isinstance(tensors, (list, tuple)):
@@ -254,10 +282,27 @@ class CropToSmallest(keras.Operation):
 
 
 def _center_crop(x, size, data_format):
+    begin, crop_shape = _crop_window(x, size, data_format)
+    return checked_slice(
+        x,
+        begin,
+        crop_shape,
+        name="center_crop_to_at_most_the_input_size",
+        message=_CROP_TOO_LARGE,
+        fields={"shape": ops.shape(x), "size": tuple(size)},
+    )
+
+
+def _crop_window(x, size, data_format):
+    """The start and size of the crop on every axis of `x`.
+
+    Sizes are `None` for all of an axis. Sizes known before run time are
+    checked here; those known only at run time are the caller's to check.
+    """
     shape = ops.shape(x)
     axes = spatial_axes(len(shape), data_format)
     begin = [0] * len(shape)
-    crop_shape = [None] * len(shape)  # `None`: all of that axis.
+    crop_shape = [None] * len(shape)
     for axis, target in zip(axes, size, strict=True):
         if target is None:
             continue
@@ -269,14 +314,7 @@ def _center_crop(x, size, data_format):
                 continue
         begin[axis], _ = center_crop_offsets(current, target)
         crop_shape[axis] = target
-    return checked_slice(
-        x,
-        begin,
-        crop_shape,
-        name="center_crop_to_at_most_the_input_size",
-        message=_CROP_TOO_LARGE,
-        fields={"shape": shape, "size": tuple(size)},
-    )
+    return begin, crop_shape
 
 
 def _center_crop_to(x, reference, data_format):
@@ -299,7 +337,20 @@ def _crop_to_smallest(tensors, data_format):
         for other in sizes[1:]:
             size = ops.minimum(size, other)
         smallest.append(size)
-    return [_center_crop(t, smallest, data_format) for t in tensors]
+    # The smallest size is never larger than an input's, so the crop
+    # cannot fall outside it: a plain slice, without `_center_crop`'s
+    # run-time check.
+    return [_slice(t, *_crop_window(t, smallest, data_format)) for t in tensors]
+
+
+def _slice(x, begin, size):
+    """`x[begin:begin + size]` on every axis; a `None` size takes the rest."""
+    return x[
+        tuple(
+            slice(b, None if s is None else b + s)
+            for b, s in zip(begin, size, strict=True)
+        )
+    ]
 
 
 def _raise_crop_too_large(shape, size):

@@ -8,8 +8,10 @@ removes, so `center_crop` undoes `center_pad` exactly.
 Like the cropping functions, these accept backend tensors (eager, inside a
 layer's `call`, inside `tf.function`) and symbolic `keras.KerasTensor`s
 (functional API), and read sizes that are unknown until run time from the
-run-time shape; a pad to a size smaller than the input raises when it runs
-(see `keras_fusion.backend.size_checks`).
+run-time shape. `center_pad` checks a requested size again when it runs: a
+pad to a size smaller than the input raises then (see
+`keras_fusion.backend.size_checks`). `pad_to_largest` needs no such check:
+the largest size is never smaller than an input.
 """
 
 import keras
@@ -35,8 +37,9 @@ _PAD_TOO_SMALL = (
 def center_pad(x, size, data_format=None):
     """Zero-pad the spatial dimensions of a feature map to `size`, centred.
 
-    The image of seed 003's `ZeroPadding2D` example, padded to 5x4: two
-    rows of zeros are split one before, one after; one column goes after.
+    For a 3x3 image padded to 5x4, the two rows of zeros are split one
+    before and one after; the one column goes after. The amounts are
+    `((1, 1), (0, 1))`, in the form `keras.layers.ZeroPadding2D` takes.
 
     Example:
 
@@ -60,6 +63,18 @@ def center_pad(x, size, data_format=None):
     Returns:
         `x` with each spatial dimension zero-padded to `size` (amounts as in
         `center_crop_offsets(size, x_size)`).
+
+    Raises:
+        ValueError: if `x` is not of rank 3, 4 or 5, `data_format` is
+            neither `"channels_last"` nor `"channels_first"`, `size` does
+            not have one entry per spatial dimension, or an entry is
+            negative or smaller than the input's size. Sizes known only when
+            a TensorFlow graph runs are checked then, and raise
+            `tf.errors.InvalidArgumentError` with the same message. With
+            JAX, a size traced by `jax.jit` raises a `ValueError`: it would
+            set the output shape.
+        TypeError: if an entry of `size` is not an int, `None` or a scalar
+            integer tensor.
     """
     data_format = standardize_data_format(data_format)
     rank = check_feature_map(x, "x")
@@ -92,6 +107,11 @@ def pad_to_largest(tensors, data_format=None):
 
     Returns:
         A list of the padded feature maps, in the order given.
+
+    Raises:
+        ValueError: if `tensors` is not a list of at least 2 feature maps
+            of rank 3, 4 or 5, their ranks differ, or their known batch
+            sizes differ.
     """
     data_format = standardize_data_format(data_format)
     if not isinstance(tensors, (list, tuple)):
@@ -157,6 +177,25 @@ class PadToLargest(keras.Operation):
 
 
 def _center_pad(x, size, data_format):
+    pad_width = _pad_width(x, size, data_format)
+    if pad_width is None:
+        return x
+    return checked_pad(
+        x,
+        pad_width,
+        name="center_pad_to_at_least_the_input_size",
+        message=_PAD_TOO_SMALL,
+        fields={"shape": ops.shape(x), "size": tuple(size)},
+    )
+
+
+def _pad_width(x, size, data_format):
+    """`(before, after)` on every axis of `x`, or `None` if nothing is
+    padded.
+
+    Sizes known before run time are checked here; those known only at run
+    time are the caller's to check.
+    """
     shape = ops.shape(x)
     axes = spatial_axes(len(shape), data_format)
     pad_width = [(0, 0)] * len(shape)
@@ -172,15 +211,7 @@ def _center_pad(x, size, data_format):
                 continue
         pad_width[axis] = center_crop_offsets(target, current)
         padded = True
-    if not padded:
-        return x
-    return checked_pad(
-        x,
-        pad_width,
-        name="center_pad_to_at_least_the_input_size",
-        message=_PAD_TOO_SMALL,
-        fields={"shape": shape, "size": tuple(size)},
-    )
+    return pad_width if padded else None
 
 
 def _pad_to_largest(tensors, data_format):
@@ -197,7 +228,13 @@ def _pad_to_largest(tensors, data_format):
         for other in sizes[1:]:
             size = ops.maximum(size, other)
         largest.append(size)
-    return [_center_pad(t, largest, data_format) for t in tensors]
+    # The largest size is never smaller than an input's, so no amount can
+    # be negative: a plain pad, without `_center_pad`'s run-time check.
+    padded = []
+    for t in tensors:
+        pad_width = _pad_width(t, largest, data_format)
+        padded.append(t if pad_width is None else ops.pad(t, pad_width))
+    return padded
 
 
 def _raise_pad_too_small(shape, size):

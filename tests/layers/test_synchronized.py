@@ -23,18 +23,38 @@ LAYERS = [
     (TransitionBlock, {}, (2, 6, 6, 5)),
     (
         FusionSelector,
-        {"mode": "concat", "bn_before_concat": True},
+        {"mode": "concat", "batch_norm_before_concat": True},
         [(2, 6, 6, 5), (2, 6, 6, 3)],
     ),
 ]
 
 
-def _batch_norms(layer):
-    return [
-        sublayer
-        for sublayer in layer._flatten_layers(include_self=False)
-        if isinstance(sublayer, keras.layers.BatchNormalization)
-    ]
+@pytest.fixture
+def created_batch_norms(monkeypatch):
+    """Every BatchNormalization constructed during the test, in order.
+
+    Keras has no public list of a layer's nested sublayers, so the
+    constructor is observed from outside instead, which also finds
+    sublayers that a layer keeps in private attributes.
+    """
+    created = []
+    constructor = keras.layers.BatchNormalization.__init__
+
+    def recording_constructor(self, *args, **kwargs):
+        constructor(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(
+        keras.layers.BatchNormalization, "__init__", recording_constructor
+    )
+    return created
+
+
+def assert_one_per_moving_mean(batch_norms, layer):
+    """Each BatchNormalization owns one moving mean: the count shows that
+    none of `layer`'s was created out of sight (or left unused)."""
+    moving_means = [w for w in layer.weights if w.path.endswith("moving_mean")]
+    assert len(batch_norms) == len(moving_means) > 0
 
 
 @pytest.mark.backends(
@@ -42,14 +62,16 @@ def _batch_norms(layer):
 )
 @pytest.mark.parametrize("layer_cls, kwargs, shape", LAYERS)
 def test_synchronized_reaches_every_batch_normalization(
-    layer_cls, kwargs, shape
+    layer_cls, kwargs, shape, created_batch_norms
 ):
     for synchronized in (True, False):
+        created_batch_norms.clear()
         layer = layer_cls(**kwargs, synchronized=synchronized)
         layer.build(shape)
-        norms = _batch_norms(layer)
-        assert norms
-        assert all(bn.synchronized is synchronized for bn in norms)
+        assert_one_per_moving_mean(created_batch_norms, layer)
+        assert all(
+            bn.synchronized is synchronized for bn in created_batch_norms
+        )
         config = layer.get_config()
         assert config["synchronized"] is synchronized
         assert layer_cls.from_config(config).synchronized is synchronized
@@ -72,15 +94,13 @@ def test_synchronized_reaches_every_batch_normalization(
     ],
     ids=["densenet-bc", "densenet"],
 )
-def test_densenet_builders_synchronize_every_batch_normalization(build):
+def test_densenet_builders_synchronize_every_batch_normalization(
+    build, created_batch_norms
+):
     model = build()
-    norms = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    assert len(norms) > 5
-    assert all(bn.synchronized for bn in norms)
+    assert_one_per_moving_mean(created_batch_norms, model)
+    assert len(created_batch_norms) > 5
+    assert all(bn.synchronized for bn in created_batch_norms)
 
 
 @pytest.mark.parametrize("layer_cls, kwargs, shape", LAYERS)

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from benchmarks.reference_densenet import transition_block
 from keras_fusion import TransitionBlock
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
@@ -53,8 +54,6 @@ def test_saved_model_export(input_shape, kwargs, expected, tmp_path):
 
 
 def test_matches_keras_applications_transition_block():
-    from keras.src.applications.densenet import transition_block
-
     inputs = keras.Input((8, 8, 10))
     reference = keras.Model(inputs, transition_block(inputs, 0.5, "pool2"))
     layer = TransitionBlock(0.5, name="pool2")

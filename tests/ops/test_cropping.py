@@ -319,6 +319,27 @@ def test_center_crop_under_xla_with_unknown_sizes_matches_numpy():
 
 
 @tensorflow_only
+def test_crop_to_smallest_with_unknown_sizes_needs_no_run_time_check():
+    # The smallest size fits every input, so unlike `center_crop` the graph
+    # holds no assertion that could never fail.
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, None, None, 3))
+    crop = tf.function(
+        lambda x, other: kf_ops.crop_to_smallest([x, other]),
+        input_signature=[spec, spec],
+    )
+    graph = crop.get_concrete_function().graph
+    assert "Assert" not in {op.type for op in graph.get_operations()}
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 9, 12, 3), dtype="float32")
+    other = rng.random((2, 7, 14, 3), dtype="float32")
+    x_cropped, other_cropped = crop(x, other)
+    np.testing.assert_array_equal(x_cropped, x[:, 1:8, :, :])
+    np.testing.assert_array_equal(other_cropped, other[:, :, 1:13, :])
+
+
+@tensorflow_only
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_model_predict_errors_after_retracing_with_unknown_sizes(jit_compile):
     import tensorflow as tf

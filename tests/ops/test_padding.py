@@ -8,8 +8,9 @@ from keras_fusion import ops as kf_ops
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 
-# Seed 003's ZeroPadding2D example image.
-SEED_003_IMAGE = np.arange(1, 10, dtype="float32").reshape((1, 3, 3, 1))
+# The 3x3 image of the ZeroPadding2D examples in "【深度学习】深入浅出神经网络
+# 框架的模型元件(常用层和卷积层)".
+IMAGE_3X3 = np.arange(1, 10, dtype="float32").reshape((1, 3, 3, 1))
 
 
 def test_center_pad_matches_numpy_pad():
@@ -45,10 +46,10 @@ def test_center_pad_1d_matches_numpy_pad():
         ((6, 3), ((1, 2), (0, 0))),
     ],
 )
-def test_center_pad_matches_zero_padding2d_on_seed_003_image(size, padding):
-    expected = keras.layers.ZeroPadding2D(padding)(SEED_003_IMAGE)
+def test_center_pad_matches_zero_padding2d_on_a_3x3_image(size, padding):
+    expected = keras.layers.ZeroPadding2D(padding)(IMAGE_3X3)
     np.testing.assert_array_equal(
-        to_numpy(kf_ops.center_pad(SEED_003_IMAGE, size)),
+        to_numpy(kf_ops.center_pad(IMAGE_3X3, size)),
         to_numpy(expected),
     )
 
@@ -120,8 +121,8 @@ def test_center_pad_inside_tf_function_with_unknown_sizes():
         return kf_ops.center_pad(x, (tf.shape(x)[1] + 3, 5))
 
     np.testing.assert_array_equal(
-        pad(SEED_003_IMAGE).numpy(),
-        np.pad(SEED_003_IMAGE, ((0, 0), (1, 2), (1, 1), (0, 0))),
+        pad(IMAGE_3X3).numpy(),
+        np.pad(IMAGE_3X3, ((0, 0), (1, 2), (1, 1), (0, 0))),
     )
 
 
@@ -258,6 +259,31 @@ def test_center_pad_under_xla_with_unknown_sizes_matches_numpy_pad():
     np.testing.assert_array_equal(
         by_size, np.pad(x, ((0, 0), (1, 2), (1, 1), (0, 0)))
     )
+    np.testing.assert_array_equal(
+        x_padded, np.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    )
+    np.testing.assert_array_equal(
+        other_padded, np.pad(other, ((0, 0), (0, 0), (0, 1), (0, 0)))
+    )
+
+
+@tensorflow_only
+def test_pad_to_largest_with_unknown_sizes_needs_no_run_time_check():
+    # The largest size fits every input, so unlike `center_pad` the graph
+    # holds no assertion that could never fail.
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, None, None, 3))
+    pad = tf.function(
+        lambda x, other: kf_ops.pad_to_largest([x, other]),
+        input_signature=[spec, spec],
+    )
+    graph = pad.get_concrete_function().graph
+    assert "Assert" not in {op.type for op in graph.get_operations()}
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 4, 7, 3), dtype="float32")
+    other = rng.random((2, 5, 6, 3), dtype="float32")
+    x_padded, other_padded = pad(x, other)
     np.testing.assert_array_equal(
         x_padded, np.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
     )
