@@ -191,7 +191,10 @@ def build_unet(filters=16):
     x = convs(keras.layers.MaxPooling2D()(skip1), 4 * filters, "bottleneck")
     x = keras.layers.Conv2DTranspose(2 * filters, 2, strides=2)(x)
     x = FusionSelector(
-        "concat", bn_before_concat=True, align="crop", name="decoder1_fusion"
+        "concat",
+        batch_norm_before_concat=True,
+        align="crop",
+        name="decoder1_fusion",
     )([skip1, x])
     x = convs(x, 2 * filters, "decoder1")
     x = keras.layers.Conv2DTranspose(filters, 2, strides=2)(x)
@@ -303,7 +306,7 @@ def _classification(settings):
         input_shape=(32, 32, 1),
         classes=10,
         recompute=True,
-        bn_momentum=0.9,
+        batch_norm_momentum=0.9,
     )
     steps = settings["densenet_epochs"] * -(-len(train) // settings["batch"])
     print(

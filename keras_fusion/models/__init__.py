@@ -6,8 +6,8 @@ from keras_fusion.models.densenet import DenseNet169
 from keras_fusion.models.densenet import DenseNet201
 from keras_fusion.models.densenet import DenseNet264
 from keras_fusion.models.densenet import DenseNetBC
-from keras_fusion.models.densenet import copy_keras_application_weights
-from keras_fusion.models.densenet import from_keras_application
+from keras_fusion.models.densenet_conversion import from_keras_application
+from keras_fusion.models.densenet_weights import copy_keras_application_weights
 from keras_fusion.models.unet import UNet
 from keras_fusion.models.unet import unet_level_sizes
 

@@ -1,19 +1,28 @@
-"""The U-Net of Ronneberger et al. (2015), built with `CropAndConcat`."""
+"""The U-Net of Ronneberger et al. (2015), built with `CropAndConcat`.
+
+Reference:
+- [U-Net: Convolutional Networks for Biomedical Image Segmentation](
+    https://arxiv.org/abs/1505.04597) (Ronneberger et al., MICCAI 2015)
+"""
 
 import keras
 
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
+from keras_fusion.models._inputs_and_heads import image_input_shape
+from keras_fusion.models._inputs_and_heads import model_input
+from keras_fusion.models._inputs_and_heads import source_inputs
+from keras_fusion.models._inputs_and_heads import spatial_sizes
 
 
 def unet_level_sizes(size, depth=4):
     """Spatial sizes through a valid-convolution U-Net, level by level.
 
-    Each 3x3 valid convolution removes one pixel from each side (seed 002's
-    `(N - F + 2 * pad) / stride + 1` with `F=3`, `pad=0`), each level runs
-    two of them, a 2x2 max pooling halves the size and a 2x2 up-convolution
-    doubles it.
+    Each 3x3 valid convolution removes one pixel from each side (a
+    convolution's output size is `(N - F + 2 * pad) / stride + 1`, here with
+    `F=3`, `pad=0`, `stride=1`), each level runs two of them, a 2x2 max
+    pooling halves the size and a 2x2 up-convolution doubles it.
 
     Example:
 
@@ -32,6 +41,11 @@ def unet_level_sizes(size, depth=4):
         `"decoder"` (deepest first): `(size after up-convolution, size after
         the two convolutions)`; `"crop"`: the size each skip connection is
         cropped from and to; `"output"`: the output size.
+
+    Reference:
+    - [U-Net: Convolutional Networks for Biomedical Image Segmentation](
+        https://arxiv.org/abs/1505.04597) (Ronneberger et al., MICCAI 2015),
+        Fig. 1
     """
     encoder, crop, decoder = [], [], []
     current = size
@@ -58,11 +72,12 @@ def unet_level_sizes(size, depth=4):
 
 def UNet(
     input_shape=None,
-    num_classes=2,
+    classes=2,
     depth=4,
     filters=64,
-    output_activation=None,
+    classifier_activation=None,
     data_format=None,
+    input_tensor=None,
     name="unet",
 ):
     """The original U-Net with valid convolutions and cropped skips.
@@ -70,8 +85,8 @@ def UNet(
     Each encoder level runs two 3x3 valid convolutions with ReLU and a 2x2
     max pooling; each decoder level a 2x2 up-convolution, a `CropAndConcat`
     of the encoder's feature map with the up-sampled one, and two 3x3 valid
-    convolutions; a 1x1 convolution maps to `num_classes`. With the paper's
-    572x572 input the output is 388x388 (see `unet_level_sizes`).
+    convolutions; a 1x1 convolution maps to `classes` channels. With the
+    paper's 572x572 input the output is 388x388 (see `unet_level_sizes`).
 
     Example:
 
@@ -83,44 +98,49 @@ def UNet(
     Args:
         input_shape: the input shape without the batch axis, channels where
             `data_format` puts them; spatial sizes may be `None`. Defaults
-            to the paper's one-channel 572x572 image: `(572, 572, 1)`, or
-            `(1, 572, 572)` with `"channels_first"`.
-        num_classes: channels of the output.
+            to `input_tensor`'s shape if it is given, else to the paper's
+            one-channel 572x572 image: `(572, 572, 1)`, or `(1, 572, 572)`
+            with `"channels_first"`.
+        classes: the number of classes: channels of the output.
         depth: the number of pooling (and up-convolution) steps; 4 in the
             paper.
         filters: the first level's convolution width, doubled at each level
             below it; 64 in the paper, smaller for fast experiments.
-        output_activation: the activation of the final 1x1 convolution;
-            `None` gives logits.
+        classifier_activation: the activation of the final 1x1 convolution;
+            `None` (the default) gives logits.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
+        input_tensor: optional tensor to use as the model's input.
         name: the model's name.
+
+    Input shape:
+        `(batch, height, width, channels)` with `"channels_last"`,
+        `(batch, channels, height, width)` with `"channels_first"`. Masks
+        are not supported.
+
+    Output shape:
+        `(batch, out_height, out_width, classes)` with `"channels_last"`,
+        `(batch, classes, out_height, out_width)` with `"channels_first"`:
+        each spatial size shrinks as `unet_level_sizes` computes.
 
     Returns:
         A `keras.Model`. Its layers are named `encoder{i}_conv{1,2}`,
         `encoder{i}_pool`, `bottleneck_conv{1,2}`, `decoder{i}_upconv`,
         `decoder{i}_crop_and_concat`, `decoder{i}_conv{1,2}` and
         `output_conv`, with level `i = 0` the shallowest.
+
+    Reference:
+    - [U-Net: Convolutional Networks for Biomedical Image Segmentation](
+        https://arxiv.org/abs/1505.04597) (Ronneberger et al., MICCAI 2015)
     """
     data_format = standardize_data_format(data_format)
     depth = check_positive_int(depth, "depth")
     filters = check_positive_int(filters, "filters")
-    num_classes = check_positive_int(num_classes, "num_classes")
-    if input_shape is None:
-        input_shape = (
-            (1, 572, 572) if data_format == "channels_first" else (572, 572, 1)
-        )
-    if len(input_shape) != 3:
-        raise ValueError(
-            "`input_shape` should have 3 entries (two spatial sizes and the "
-            f"channels). Received: input_shape={input_shape!r}"
-        )
-    spatial = (
-        input_shape[1:]
-        if data_format == "channels_first"
-        else (input_shape[:2])
-    )
-    for size in spatial:
+    classes = check_positive_int(classes, "classes")
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape[1:])
+    input_shape = image_input_shape(input_shape, (572, 572, 1), data_format)
+    for size in spatial_sizes(input_shape, data_format):
         if size is None:
             continue
         sizes = unet_level_sizes(size, depth)
@@ -142,7 +162,7 @@ def UNet(
             name=name,
         )(x)
 
-    inputs = keras.Input(input_shape)
+    inputs = model_input(input_tensor, input_shape)
     x = inputs
     skips = []
     for level in range(depth):
@@ -170,10 +190,10 @@ def UNet(
         x = conv(x, width, f"decoder{level}_conv1")
         x = conv(x, width, f"decoder{level}_conv2")
     outputs = keras.layers.Conv2D(
-        num_classes,
+        classes,
         1,
-        activation=output_activation,
+        activation=classifier_activation,
         data_format=data_format,
         name="output_conv",
     )(x)
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(source_inputs(input_tensor, inputs), outputs, name=name)

@@ -13,6 +13,7 @@ from keras_fusion.models import DenseNet169
 from keras_fusion.models import DenseNet201
 from keras_fusion.models import DenseNet264
 from keras_fusion.models import DenseNetBC
+from keras_fusion.models import copy_keras_application_weights
 from keras_fusion.models import from_keras_application
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
@@ -20,8 +21,16 @@ from tests.backend_utils import value_and_grads
 from tests.layer_test_case import check_distinct_initial_kernels
 from tests.layer_test_case import check_export
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
+from tests.models.sublayers import batch_normalizations
 
 SHAPE = (32, 32, 3)
+# The stem's names in the Keras 2 keras.applications that wrote the ImageNet
+# files it downloads; Keras 3 names these layers `conv1_conv` ...
+KERAS_2_NAMES = {
+    "conv1_conv": "conv1/conv",
+    "conv1_bn": "conv1/bn",
+    "conv1_relu": "conv1/relu",
+}
 
 
 def _randomized(model, seed=0):
@@ -130,34 +139,59 @@ def test_keras_applications_weights_file_loads_through_the_mapping(
     )
 
 
-def test_legacy_h5_weights_file_loads_through_the_mapping(
-    source, images, tmp_path
-):
-    # The layout of the files keras.applications downloads.
-    from keras.src.legacy.saving import legacy_h5_format
+def _write_legacy_h5(model, path, names=None):
+    """`model`'s weights in the layout Keras 2's `save_weights("x.h5")`
+    wrote, that of the files keras.applications downloads.
 
+    The root's `layer_names` attribute lists the layers; each layer's group
+    lists its `weight_names` (`{layer}/{weight}:0`, trainable weights first)
+    and holds each weight under its name. `names` maps a layer's name to
+    the one written (`KERAS_2_NAMES`).
+    """
+    names = names or {}
+    with h5py.File(path, "w") as f:
+        layer_names = [
+            names.get(layer.name, layer.name) for layer in model.layers
+        ]
+        f.attrs["layer_names"] = [name.encode("utf8") for name in layer_names]
+        for layer, layer_name in zip(model.layers, layer_names, strict=True):
+            group = f.create_group(layer_name)
+            weights = layer.trainable_weights + layer.non_trainable_weights
+            weight_names = [f"{layer_name}/{w.name}:0" for w in weights]
+            group.attrs["weight_names"] = [
+                name.encode("utf8") for name in weight_names
+            ]
+            for name, weight in zip(weight_names, weights, strict=True):
+                group[name] = to_numpy(weight)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda model, path: _write_legacy_h5(model, path, KERAS_2_NAMES),
+        _write_legacy_h5,
+        lambda model, path: model.save(path),
+    ],
+    ids=["keras-2-names", "keras-3-names", "keras-3-model-file"],
+)
+def test_legacy_h5_weights_file_loads_through_the_mapping(
+    source, images, tmp_path, write
+):
+    # The layout of the files keras.applications downloads, with the layer
+    # names of the Keras 2 model that wrote them or of Keras 3's; and a
+    # whole model saved to `.h5` by Keras 3 (its weights in `model_weights`).
     path = os.path.join(tmp_path, "densenet121_notop.h5")
     notop = keras.applications.DenseNet121(
         weights=None, include_top=False, input_shape=SHAPE
     )
     notop.set_weights(source.get_weights()[:-2])
-    with h5py.File(path, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, notop)
+    write(notop, path)
     ours = DenseNet121(
         weights=path, include_top=False, input_shape=SHAPE, pooling=None
     )
     np.testing.assert_allclose(
         to_numpy(ours(images)), to_numpy(notop(images)), atol=1e-5
     )
-
-
-def _write_legacy_h5(model, path):
-    """`model`'s weights in the layout of the files keras.applications
-    downloads (legacy HDF5, keyed by layer name)."""
-    from keras.src.legacy.saving import legacy_h5_format
-
-    with h5py.File(path, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, model)
 
 
 def test_imagenet_weights_are_keras_applications_files(
@@ -168,7 +202,7 @@ def test_imagenet_weights_are_keras_applications_files(
     )
     notop.set_weights(source.get_weights()[:-2])
     path = os.path.join(tmp_path, "downloaded.h5")
-    _write_legacy_h5(notop, path)
+    _write_legacy_h5(notop, path, KERAS_2_NAMES)
     calls = []
 
     def fake_get_file(fname, origin, **kwargs):
@@ -321,7 +355,7 @@ def test_models_use_the_memory_efficient_layers():
     "kwargs, layers, bottleneck, compression",
     [
         ({}, 16, 4, 0.5),
-        ({"depth": 40, "compression": 1.0}, 6, 4, 1.0),
+        ({"depth": 40, "compression_ratio": 1.0}, 6, 4, 1.0),
         ({"depth": 40, "bottleneck": False}, 12, None, 0.5),
     ],
     ids=["densenet-bc-100", "densenet-b-40", "densenet-c-40"],
@@ -347,28 +381,97 @@ def test_densenet_bc_variants(kwargs, layers, bottleneck, compression):
 )
 def test_every_batch_norm_has_keras_applications_epsilon(model):
     epsilons = set()
-    for layer in model()._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            epsilons.add(layer.epsilon)
+    for layer in batch_normalizations(model()):
+        epsilons.add(layer.epsilon)
     assert epsilons == {1.001e-5}
+
+
+BATCH_NORM = {"batch_norm_momentum": 0.9, "batch_norm_epsilon": 1e-3}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: DenseNet(
+            (1, 2, 1, 1), weights=None, input_shape=SHAPE, **BATCH_NORM
+        ),
+        lambda: DenseNet121(weights=None, input_shape=SHAPE, **BATCH_NORM),
+        lambda: DenseNet169(weights=None, input_shape=SHAPE, **BATCH_NORM),
+        lambda: DenseNet201(weights=None, input_shape=SHAPE, **BATCH_NORM),
+        lambda: DenseNet264(input_shape=SHAPE, **BATCH_NORM),
+        lambda: DenseNetBC(depth=40, **BATCH_NORM),
+        lambda: DenseNetBC(depth=40, bottleneck=False, **BATCH_NORM),
+    ],
+    ids=[
+        "densenet",
+        "densenet121",
+        "densenet169",
+        "densenet201",
+        "densenet264",
+        "densenet-bc",
+        "densenet-c",
+    ],
+)
+def test_batch_norm_settings_reach_every_batch_norm(build):
+    model = build()
+    norms = batch_normalizations(model)
+    assert {bn.momentum for bn in norms} == {0.9}
+    assert {bn.epsilon for bn in norms} == {1e-3}
+    blocks = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (MemoryEfficientDenseBlock, TransitionBlock))
+    ]
+    assert blocks
+    for block in blocks:
+        assert block.batch_norm_momentum == 0.9
+        assert block.batch_norm_epsilon == 1e-3
+
+
+def test_conversion_passes_batch_norm_settings_to_every_batch_norm(source):
+    ours = from_keras_application(source, **BATCH_NORM)
+    norms = batch_normalizations(ours)
+    assert {bn.momentum for bn in norms} == {0.9}
+    assert {bn.epsilon for bn in norms} == {1e-3}
+    # The weights are still keras.applications' ones.
+    np.testing.assert_array_equal(
+        to_numpy(ours.get_layer("conv1_bn").moving_variance),
+        to_numpy(source.get_layer("conv1_bn").moving_variance),
+    )
+
+
+def test_builders_default_to_keras_applications_batch_norm_settings(source):
+    expected = {
+        (bn.momentum, bn.epsilon) for bn in batch_normalizations(source)
+    }
+    assert expected == {(0.99, 1.001e-5)}
+    for model in (
+        DenseNet121(weights=None, input_shape=SHAPE),
+        DenseNetBC(depth=16),
+        from_keras_application(source),
+    ):
+        norms = batch_normalizations(model)
+        assert {(bn.momentum, bn.epsilon) for bn in norms} == expected
 
 
 def test_builders_accept_numpy_numbers():
     model = DenseNetBC(
         depth=np.int64(40),
         growth_rate=np.int32(12),
-        compression=np.float32(0.5),
+        compression_ratio=np.float32(0.5),
         classes=np.int64(10),
         dropout_rate=np.float32(0.2),
-        bn_momentum=np.float64(0.9),
+        batch_norm_momentum=np.float64(0.9),
+        batch_norm_epsilon=np.float32(1e-3),
     )
     reference = DenseNetBC(
         depth=40,
         growth_rate=12,
-        compression=0.5,
+        compression_ratio=0.5,
         classes=10,
         dropout_rate=0.2,
-        bn_momentum=0.9,
+        batch_norm_momentum=0.9,
+        batch_norm_epsilon=float(np.float32(1e-3)),
     )
     assert model.name == reference.name
     assert model.count_params() == reference.count_params()
@@ -376,6 +479,9 @@ def test_builders_accept_numpy_numbers():
     assert type(block.dropout_rate) is float
     assert block.dropout_rate == float(np.float32(0.2))
     assert type(block.num_layers) is int
+    assert type(block.batch_norm_momentum) is float
+    assert type(block.batch_norm_epsilon) is float
+    assert type(model.get_layer("transition1").compression_ratio) is float
     densenet = DenseNet121(
         weights=None, input_shape=SHAPE, classes=np.int64(10)
     )
@@ -432,8 +538,136 @@ def test_densenet_errors_if_arguments_are_invalid(builder, kwargs, message):
         builder(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"batch_norm_momentum": 1.5},
+            "`batch_norm_momentum` should be a float in \\[0, 1\\]. "
+            "Received: batch_norm_momentum=1.5",
+        ),
+        (
+            {"batch_norm_momentum": "0.9"},
+            "`batch_norm_momentum` should be a float in \\[0, 1\\]. "
+            "Received: batch_norm_momentum='0.9'",
+        ),
+        (
+            {"batch_norm_momentum": True},
+            "`batch_norm_momentum` should be a float in \\[0, 1\\]. "
+            "Received: batch_norm_momentum=True",
+        ),
+        (
+            {"batch_norm_epsilon": 0.0},
+            "`batch_norm_epsilon` should be a positive float. "
+            "Received: batch_norm_epsilon=0.0",
+        ),
+        (
+            {"batch_norm_epsilon": -1e-5},
+            "`batch_norm_epsilon` should be a positive float. "
+            "Received: batch_norm_epsilon=-1e-05",
+        ),
+    ],
+    ids=[
+        "momentum-above-1",
+        "momentum-string",
+        "momentum-bool",
+        "epsilon-zero",
+        "epsilon-negative",
+    ],
+)
+@pytest.mark.parametrize(
+    "builder",
+    [
+        lambda **kwargs: DenseNet(
+            (1, 1, 1, 1), weights=None, input_shape=SHAPE, **kwargs
+        ),
+        lambda **kwargs: DenseNet121(weights=None, input_shape=SHAPE, **kwargs),
+        lambda **kwargs: DenseNet264(input_shape=SHAPE, **kwargs),
+        lambda **kwargs: DenseNetBC(depth=16, **kwargs),
+    ],
+    ids=["densenet", "densenet121", "densenet264", "densenet-bc"],
+)
+def test_builders_error_if_batch_norm_settings_are_invalid(
+    builder, kwargs, message
+):
+    with pytest.raises(ValueError, match=message):
+        builder(**kwargs)
+
+
+def test_conversion_errors_if_batch_norm_settings_are_invalid(source):
+    with pytest.raises(
+        ValueError,
+        match="`batch_norm_momentum` should be a float in \\[0, 1\\]. "
+        "Received: batch_norm_momentum=-0.1",
+    ):
+        from_keras_application(source, batch_norm_momentum=-0.1)
+
+
+@pytest.mark.parametrize(
+    "compression_ratio, received",
+    [(0, "0"), (1.5, "1.5"), ("0.5", "'0.5'"), (True, "True")],
+)
+def test_densenet_bc_errors_if_compression_ratio_is_invalid(
+    compression_ratio, received
+):
+    with pytest.raises(
+        ValueError,
+        match="`compression_ratio` should be a float in \\(0, 1\\]. "
+        f"Received: compression_ratio={received}",
+    ):
+        DenseNetBC(depth=16, compression_ratio=compression_ratio)
+
+
 def test_conversion_errors_if_model_is_not_a_densenet():
     inputs = keras.Input((8,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs), name="mlp")
     with pytest.raises(ValueError, match="keras.applications DenseNet.*'mlp'"):
         from_keras_application(model)
+
+
+def test_variants_are_public_functions_with_their_own_docstring():
+    variants = {
+        DenseNet121: (6, 12, 24, 16),
+        DenseNet169: (6, 12, 32, 32),
+        DenseNet201: (6, 12, 48, 32),
+        DenseNet264: (6, 12, 64, 48),
+    }
+    for builder, blocks in variants.items():
+        name = builder.__name__
+        assert builder.__module__ == "keras_fusion.models.densenet"
+        assert f"from keras_fusion.models import {name}\n" in builder.__doc__
+        assert f"    {list(blocks)}\n" in builder.__doc__
+    assert len({builder.__doc__ for builder in variants}) == 4
+
+
+def test_copy_errors_if_target_has_other_blocks(source):
+    target = DenseNet(
+        (6, 12, 24, 17), weights=None, input_shape=SHAPE, classes=10
+    )
+    with pytest.raises(ValueError, match="no layer 'conv5_block17_0_bn'"):
+        copy_keras_application_weights(source, target)
+
+
+def test_densenet_bc_default_input_shape_follows_data_format():
+    first = DenseNetBC(depth=16, data_format="channels_first")
+    assert first.input_shape == (None, 3, 32, 32)
+    assert DenseNetBC(depth=16).input_shape == (None, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "builder",
+    [
+        lambda x: DenseNetBC(depth=16, input_tensor=x),
+        lambda x: DenseNet(
+            (1, 1, 1, 1), weights=None, input_tensor=x, classes=10
+        ),
+    ],
+    ids=["densenet-bc", "densenet"],
+)
+def test_input_tensor_keeps_the_layers_before_it(builder):
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Rescaling(1 / 255.0, name="rescaling")(inputs)
+    model = builder(x)
+    assert model.inputs[0] is inputs
+    assert isinstance(model.get_layer("rescaling"), keras.layers.Rescaling)
+    assert model.output_shape == (None, 10)

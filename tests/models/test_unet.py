@@ -32,7 +32,7 @@ def _spatial(model, name):
 
 
 def test_unet_has_the_papers_sizes_at_every_level():
-    model = UNet(input_shape=(572, 572, 1), num_classes=2, filters=2)
+    model = UNet(input_shape=(572, 572, 1), classes=2, filters=2)
     for level, (size_in, size_mid, size_out) in enumerate(PAPER_ENCODER):
         if level:
             assert _spatial(model, f"encoder{level - 1}_pool") == (size_in,) * 2
@@ -62,7 +62,7 @@ def test_unet_skip_concatenates_encoder_then_decoder_channels():
 
 
 def test_unet_runs_on_a_572_image():
-    model = UNet(input_shape=(572, 572, 1), num_classes=2, filters=2)
+    model = UNet(input_shape=(572, 572, 1), classes=2, filters=2)
     image = np.random.default_rng(0).random((1, 572, 572, 1), "float32")
     assert tuple(model(image).shape) == (1, 388, 388, 2)
 
@@ -90,13 +90,11 @@ def test_unet_default_input_shape_follows_data_format():
 def test_unet_accepts_numpy_numbers():
     model = UNet(
         input_shape=(108, 108, 1),
-        num_classes=np.int64(3),
+        classes=np.int64(3),
         depth=np.int64(2),
         filters=np.int32(2),
     )
-    reference = UNet(
-        input_shape=(108, 108, 1), num_classes=3, depth=2, filters=2
-    )
+    reference = UNet(input_shape=(108, 108, 1), classes=3, depth=2, filters=2)
     assert model.output_shape == reference.output_shape == (None, 68, 68, 3)
     assert model.count_params() == reference.count_params()
 
@@ -138,7 +136,7 @@ def test_unet_errors_if_input_is_too_small():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_classes": 0}, "`num_classes` should be a positive int.*0"),
+        ({"classes": 0}, "`classes` should be a positive int.*0"),
         ({"depth": True}, "`depth` should be a positive int.*True"),
         ({"filters": 2.0}, "`filters` should be a positive int.*2.0"),
     ],
@@ -167,3 +165,34 @@ def test_unet_trains_one_step():
     masks = rng.integers(0, 2, (2, out, out))
     history = model.fit(images, masks, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_unet_classifier_activation_applies_to_the_output():
+    logits = UNet(input_shape=(108, 108, 1), filters=2, depth=2)
+    probabilities = UNet(
+        input_shape=(108, 108, 1),
+        filters=2,
+        depth=2,
+        classifier_activation="softmax",
+    )
+    probabilities.set_weights(logits.get_weights())
+    image = np.random.default_rng(4).random((1, 108, 108, 1), "float32")
+    np.testing.assert_allclose(
+        to_numpy(probabilities(image)),
+        to_numpy(keras.ops.softmax(logits(image), axis=-1)),
+        atol=1e-6,
+    )
+
+
+def test_unet_input_tensor_keeps_the_layers_before_it():
+    inputs = keras.Input((188, 188, 1))
+    x = keras.layers.Rescaling(1 / 255.0, name="rescaling")(inputs)
+    model = UNet(input_tensor=x, filters=2)
+    assert model.inputs[0] is inputs
+    assert isinstance(model.get_layer("rescaling"), keras.layers.Rescaling)
+    assert model.output_shape == (None, 4, 4, 2)
+
+
+def test_unet_checks_the_size_of_its_input_tensor():
+    with pytest.raises(ValueError, match="too small.*size of 60"):
+        UNet(input_tensor=keras.Input((60, 60, 1)))

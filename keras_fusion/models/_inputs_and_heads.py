@@ -1,0 +1,98 @@
+"""The input and the classification head every model builder shares.
+
+The arguments and layer names follow `keras.applications`: a builder takes
+`input_tensor` and `input_shape` for its input, and `include_top`,
+`pooling`, `classes` and `classifier_activation` for its head, whose layers
+are named `avg_pool`, `max_pool` and `predictions`.
+"""
+
+import keras
+
+
+def image_input_shape(input_shape, default, data_format):
+    """An image model's `input_shape`, checked, or its default.
+
+    Args:
+        input_shape: the user's `input_shape` (batch axis excluded), or
+            `None`.
+        default: the default `(height, width, channels)`, reordered to
+            `(channels, height, width)` for `"channels_first"`.
+        data_format: `"channels_last"` or `"channels_first"`.
+
+    Returns:
+        The input shape as a tuple.
+    """
+    if input_shape is None:
+        if data_format == "channels_first":
+            return (default[-1], *default[:-1])
+        return tuple(default)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        order = (
+            "(channels, height, width)"
+            if data_format == "channels_first"
+            else "(height, width, channels)"
+        )
+        raise ValueError(
+            f"`input_shape` should have 3 entries, {order} for "
+            f"data_format='{data_format}'. Received: "
+            f"input_shape={input_shape!r}"
+        )
+    return input_shape
+
+
+def spatial_sizes(input_shape, data_format):
+    """The (height, width) of an image `input_shape`."""
+    if data_format == "channels_first":
+        return tuple(input_shape[1:])
+    return tuple(input_shape[:2])
+
+
+def model_input(input_tensor, input_shape):
+    """The model's input: `input_tensor` if it is a Keras tensor, else a
+    `keras.Input` of `input_shape` (wrapping `input_tensor` if given)."""
+    if input_tensor is None:
+        return keras.Input(shape=input_shape)
+    if not keras.backend.is_keras_tensor(input_tensor):
+        return keras.Input(tensor=input_tensor, shape=input_shape)
+    return input_tensor
+
+
+def source_inputs(input_tensor, inputs):
+    """The inputs of the `keras.Model`: those `input_tensor` comes from, so
+    that layers before it stay part of the model."""
+    if input_tensor is None:
+        return inputs
+    return keras.utils.get_source_inputs(input_tensor)
+
+
+def check_pooling(pooling):
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(
+            "`pooling` should be None, 'avg' or 'max'. "
+            f"Received: pooling={pooling!r}"
+        )
+    return pooling
+
+
+def classification_head(
+    x, include_top, pooling, classes, classifier_activation, data_format
+):
+    """Global average pooling and a `classes`-way `Dense` layer with
+    `include_top`; else the global pooling `pooling` names, if any."""
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(
+            data_format=data_format, name="avg_pool"
+        )(x)
+        return keras.layers.Dense(
+            classes, activation=classifier_activation, name="predictions"
+        )(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(
+            data_format=data_format, name="avg_pool"
+        )(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(
+            data_format=data_format, name="max_pool"
+        )(x)
+    return x
