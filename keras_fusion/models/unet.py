@@ -16,7 +16,7 @@ from keras_fusion.models._inputs_and_heads import source_inputs
 from keras_fusion.models._inputs_and_heads import spatial_sizes
 
 
-def unet_level_sizes(size, depth=4):
+def unet_level_sizes(size, num_levels=4):
     """Spatial sizes through a valid-convolution U-Net, level by level.
 
     Each 3x3 valid convolution removes one pixel from each side (a
@@ -33,7 +33,7 @@ def unet_level_sizes(size, depth=4):
 
     Args:
         size: the input's spatial size along one axis.
-        depth: the number of pooling steps.
+        num_levels: the number of pooling steps.
 
     Returns:
         A dict with, per level, `"encoder"`: `(input size, size after the
@@ -49,7 +49,7 @@ def unet_level_sizes(size, depth=4):
     """
     encoder, crop, decoder = [], [], []
     current = size
-    for _ in range(depth):
+    for _ in range(num_levels):
         encoder.append((current, current - 4))
         if current - 4 < 2:
             break
@@ -73,7 +73,7 @@ def unet_level_sizes(size, depth=4):
 def UNet(
     input_shape=None,
     classes=2,
-    depth=4,
+    num_levels=4,
     filters=64,
     classifier_activation=None,
     data_format=None,
@@ -102,8 +102,9 @@ def UNet(
             one-channel 572x572 image: `(572, 572, 1)`, or `(1, 572, 572)`
             with `"channels_first"`.
         classes: the number of classes: channels of the output.
-        depth: the number of pooling (and up-convolution) steps; 4 in the
-            paper.
+        num_levels: the number of pooling (and up-convolution) steps, the
+            U-Net's depth; 4 in the paper. (Not `depth`, which is
+            `DenseNetBC`'s number of layers.)
         filters: the first level's convolution width, doubled at each level
             below it; 64 in the paper, smaller for fast experiments.
         classifier_activation: the activation of the final 1x1 convolution;
@@ -134,7 +135,7 @@ def UNet(
         https://arxiv.org/abs/1505.04597) (Ronneberger et al., MICCAI 2015)
     """
     data_format = standardize_data_format(data_format)
-    depth = check_positive_int(depth, "depth")
+    num_levels = check_positive_int(num_levels, "num_levels")
     filters = check_positive_int(filters, "filters")
     classes = check_positive_int(classes, "classes")
     if input_shape is None and input_tensor is not None:
@@ -143,10 +144,11 @@ def UNet(
     for size in spatial_sizes(input_shape, data_format):
         if size is None:
             continue
-        sizes = unet_level_sizes(size, depth)
-        if len(sizes["encoder"]) < depth or sizes["output"] < 1:
+        sizes = unet_level_sizes(size, num_levels)
+        if len(sizes["encoder"]) < num_levels or sizes["output"] < 1:
             raise ValueError(
-                f"`input_shape` is too small for a U-Net of depth {depth}: "
+                "`input_shape` is too small for a U-Net with "
+                f"num_levels={num_levels}: "
                 f"a spatial size of {size} shrinks below one pixel. "
                 f"Received: input_shape={input_shape!r}"
             )
@@ -165,7 +167,7 @@ def UNet(
     inputs = model_input(input_tensor, input_shape)
     x = inputs
     skips = []
-    for level in range(depth):
+    for level in range(num_levels):
         width = filters * 2**level
         x = conv(x, width, f"encoder{level}_conv1")
         x = conv(x, width, f"encoder{level}_conv2")
@@ -173,9 +175,9 @@ def UNet(
         x = keras.layers.MaxPooling2D(
             2, data_format=data_format, name=f"encoder{level}_pool"
         )(x)
-    x = conv(x, filters * 2**depth, "bottleneck_conv1")
-    x = conv(x, filters * 2**depth, "bottleneck_conv2")
-    for level in reversed(range(depth)):
+    x = conv(x, filters * 2**num_levels, "bottleneck_conv1")
+    x = conv(x, filters * 2**num_levels, "bottleneck_conv2")
+    for level in reversed(range(num_levels)):
         width = filters * 2**level
         x = keras.layers.Conv2DTranspose(
             width,

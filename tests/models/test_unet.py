@@ -91,10 +91,12 @@ def test_unet_accepts_numpy_numbers():
     model = UNet(
         input_shape=(108, 108, 1),
         classes=np.int64(3),
-        depth=np.int64(2),
+        num_levels=np.int64(2),
         filters=np.int32(2),
     )
-    reference = UNet(input_shape=(108, 108, 1), classes=3, depth=2, filters=2)
+    reference = UNet(
+        input_shape=(108, 108, 1), classes=3, num_levels=2, filters=2
+    )
     assert model.output_shape == reference.output_shape == (None, 68, 68, 3)
     assert model.count_params() == reference.count_params()
 
@@ -120,7 +122,7 @@ def test_unet_channels_first_matches_channels_last():
 
 
 def test_unet_level_sizes_matches_the_paper():
-    sizes = unet_level_sizes(572, depth=4)
+    sizes = unet_level_sizes(572, num_levels=4)
     assert sizes["encoder"] == [(a, c) for a, _, c in PAPER_ENCODER]
     assert sizes["bottleneck"] == (PAPER_BOTTLENECK[0], PAPER_BOTTLENECK[2])
     assert sizes["decoder"] == [(a, c) for a, _, c in PAPER_DECODER]
@@ -129,7 +131,7 @@ def test_unet_level_sizes_matches_the_paper():
 
 
 def test_unet_errors_if_input_is_too_small():
-    with pytest.raises(ValueError, match="too small.*depth 4.*size of 60"):
+    with pytest.raises(ValueError, match="too small.*num_levels=4.*size of 60"):
         UNet(input_shape=(60, 60, 1))
 
 
@@ -137,7 +139,7 @@ def test_unet_errors_if_input_is_too_small():
     "kwargs, message",
     [
         ({"classes": 0}, "`classes` should be a positive int.*0"),
-        ({"depth": True}, "`depth` should be a positive int.*True"),
+        ({"num_levels": True}, "`num_levels` should be a positive int.*True"),
         ({"filters": 2.0}, "`filters` should be a positive int.*2.0"),
     ],
 )
@@ -154,7 +156,7 @@ def test_unet_errors_if_input_shape_has_wrong_length():
 
 
 def test_unet_trains_one_step():
-    model = UNet(input_shape=(108, 108, 1), filters=2, depth=2)
+    model = UNet(input_shape=(108, 108, 1), filters=2, num_levels=2)
     model.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -168,11 +170,11 @@ def test_unet_trains_one_step():
 
 
 def test_unet_classifier_activation_applies_to_the_output():
-    logits = UNet(input_shape=(108, 108, 1), filters=2, depth=2)
+    logits = UNet(input_shape=(108, 108, 1), filters=2, num_levels=2)
     probabilities = UNet(
         input_shape=(108, 108, 1),
         filters=2,
-        depth=2,
+        num_levels=2,
         classifier_activation="softmax",
     )
     probabilities.set_weights(logits.get_weights())
