@@ -228,6 +228,21 @@ def check_fusion_input_shapes(input_shapes, data_format, layer_name):
     return rank
 
 
+def fused_output_shape(input_shapes, channel, channels, spatial, data_format):
+    """The shape of several feature maps fused into one: the first known
+    batch size, `channels` on the `channel` axis and the sizes `spatial` on
+    the spatial axes."""
+    rank = len(input_shapes[0])
+    batch_sizes = [s[0] for s in input_shapes if s[0] is not None]
+    output_shape = [batch_sizes[0] if batch_sizes else None] * rank
+    output_shape[channel] = channels
+    for axis, size in zip(
+        spatial_axes(rank, data_format), spatial, strict=True
+    ):
+        output_shape[axis] = size
+    return tuple(output_shape)
+
+
 def smallest_spatial_shape(input_shapes, data_format):
     """Per spatial axis, the smallest size among `input_shapes`.
 

@@ -2,9 +2,9 @@ import keras
 from keras import ops
 
 from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import fused_output_shape
 from keras_fusion._internal.checks import resolve_channel_axis
 from keras_fusion._internal.checks import smallest_spatial_shape
-from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion._internal.checks import validate_axis_argument
 from keras_fusion._internal.masking import check_masks
@@ -147,16 +147,14 @@ class CropAndConcat(keras.layers.Layer):
             input_shape, self.data_format, self.__class__.__name__
         )
         channel = resolve_channel_axis(self.axis, rank, self.data_format)
-        batch_sizes = [s[0] for s in input_shape if s[0] is not None]
         channels = [s[channel] for s in input_shape]
-        output_shape = [batch_sizes[0] if batch_sizes else None] * rank
-        output_shape[channel] = None if None in channels else sum(channels)
-        smallest = smallest_spatial_shape(input_shape, self.data_format)
-        for axis, size in zip(
-            spatial_axes(rank, self.data_format), smallest, strict=True
-        ):
-            output_shape[axis] = size
-        return tuple(output_shape)
+        return fused_output_shape(
+            input_shape,
+            channel,
+            None if None in channels else sum(channels),
+            smallest_spatial_shape(input_shape, self.data_format),
+            self.data_format,
+        )
 
     def get_config(self):
         config = super().get_config()

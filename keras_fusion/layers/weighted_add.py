@@ -5,8 +5,8 @@ from keras_fusion._internal.checks import check_fusion_input_shapes
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import common_channel_count
 from keras_fusion._internal.checks import common_spatial_shape
+from keras_fusion._internal.checks import fused_output_shape
 from keras_fusion._internal.checks import resolve_channel_axis
-from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion._internal.checks import validate_axis_argument
 from keras_fusion._internal.masking import check_masks
@@ -224,14 +224,9 @@ class WeightedAdd(keras.layers.Layer):
             "FusionSelector(mode='weighted_add', projection=<channels>), "
             "which does",
         )
-        batch_sizes = [s[0] for s in input_shape if s[0] is not None]
-        output_shape = [batch_sizes[0] if batch_sizes else None] * rank
-        output_shape[channel] = output_channels
-        for axis, size in zip(
-            spatial_axes(rank, self.data_format), spatial, strict=True
-        ):
-            output_shape[axis] = size
-        return tuple(output_shape)
+        return fused_output_shape(
+            input_shape, channel, output_channels, spatial, self.data_format
+        )
 
     def get_config(self):
         config = super().get_config()
