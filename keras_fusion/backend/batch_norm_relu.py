@@ -6,9 +6,10 @@ values, so the outputs and batch statistics are the plain block's bit for
 bit, and `update_moving_statistics` is that layer's update formula. The
 recomputation (`recompute_batch_norm_relu`) runs the same ops on the
 forward pass's saved statistics, so a ReLU whose input is within rounding
-of zero takes the forward pass's branch. `batch_norm_relu_gradient` is
-BatchNorm's analytic gradient (through the batch statistics too): three
-element-wise passes where autodiff of the forward ops runs about a dozen;
+of zero takes the forward pass's branch. `relu_gradient` then
+`batch_norm_gradient` differentiate it: BatchNorm's analytic gradient
+(through the batch statistics too) takes three element-wise passes where
+autodiff of the forward ops runs about a dozen;
 the TensorFlow kernel uses it, `keras.remat` differentiates the forward
 pass itself. (TensorFlow's fused BatchNorm kernels are faster still but
 compute the statistics their own way, so near-zero ReLU inputs would flip
@@ -61,15 +62,25 @@ def recompute_batch_norm_relu(x, gamma, beta, mean, variance, axis, spec):
     return _normalize_relu(x, gamma, beta, mean, variance, axis, spec, dtype)
 
 
-def batch_norm_relu_gradient(
-    d_outputs, x, outputs, gamma, mean, variance, axis, spec, all_reduce=None
+def relu_gradient(d_outputs, outputs):
+    """The gradient through the ReLU: `d_outputs` where `outputs > 0`.
+
+    (The TensorFlow kernel runs TensorFlow's fused `ReluGrad` op instead:
+    one pass over the tensor instead of a comparison and a select.)
+    """
+    return ops.where(outputs > 0, d_outputs, 0)
+
+
+def batch_norm_gradient(
+    d_y, x, gamma, mean, variance, axis, spec, all_reduce=None
 ):
-    """Gradients of relu(BatchNorm(x)) with respect to x, gamma and beta.
+    """Gradients of BatchNorm(x), with batch statistics, with respect to x,
+    gamma and beta.
 
     Args:
-        d_outputs: the gradient with respect to the outputs.
+        d_y: the gradient with respect to BatchNorm's output (before the
+            ReLU: see `relu_gradient`).
         x: the input, as given to `batch_norm_relu`.
-        outputs: the (recomputed) outputs, which say where ReLU passes.
         gamma, mean, variance: BatchNorm's scale and the batch statistics.
         axis: the channel axis.
         spec: the `BatchNormSpec`.
@@ -85,8 +96,8 @@ def batch_norm_relu_gradient(
     """
     dtype = x.dtype
     x = ops.cast(x, statistics_dtype(dtype))
-    d_y = ops.where(outputs > 0, d_outputs, ops.zeros_like(d_outputs))
     d_y = ops.cast(d_y, x.dtype)
+    axis = axis % len(x.shape)
     reduction_axes = [a for a in range(len(x.shape)) if a != axis]
     count = ops.cast(ops.size(d_y) // x.shape[axis], x.dtype)
     inverse_std = ops.rsqrt(variance + spec.epsilon)
@@ -99,13 +110,10 @@ def batch_norm_relu_gradient(
         sum_d_y_x_hat = all_reduce(d_gamma)
         count = all_reduce(count)
     scale = ops.cast(gamma, x.dtype) * inverse_std
+    mean_d_y = _broadcast(sum_d_y, axis, x)
+    mean_d_y_x_hat = _broadcast(sum_d_y_x_hat, axis, x)
     d_x = _broadcast(scale, axis, x) * (
-        d_y
-        - (
-            _broadcast(sum_d_y, axis, x)
-            + x_hat * _broadcast(sum_d_y_x_hat, axis, x)
-        )
-        / count
+        d_y - (mean_d_y + x_hat * mean_d_y_x_hat) / count
     )
     return ops.cast(d_x, dtype), d_gamma, d_beta
 
@@ -140,6 +148,8 @@ def _normalize_relu(x, gamma, beta, mean, variance, axis, spec, dtype):
 
 def _broadcast(per_channel, axis, x):
     """A per-channel vector shaped to broadcast against `x` along `axis`."""
+    if axis == len(x.shape) - 1:
+        return per_channel
     shape = [1] * len(x.shape)
     shape[axis] = x.shape[axis]
     return ops.reshape(per_channel, shape)

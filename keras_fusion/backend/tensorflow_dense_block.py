@@ -191,15 +191,10 @@ class _DenseBlockKernel:
             )
 
         def backward(d_outputs, x, outputs, gamma, moments):
-            return batch_norm_relu.batch_norm_relu_gradient(
-                d_outputs,
-                x,
-                outputs,
-                gamma,
-                *moments,
-                axis,
-                batch_norm,
-                all_reduce,
+            # TensorFlow's fused ReLU gradient: one pass over the tensor.
+            d_y = tf.raw_ops.ReluGrad(gradients=d_outputs, features=outputs)
+            return batch_norm_relu.batch_norm_gradient(
+                d_y, x, gamma, *moments, axis, batch_norm, all_reduce
             )
 
         moments0, moments1 = statistics[:2], statistics[2:]
