@@ -85,6 +85,24 @@ def check_real(value, name, expected, is_valid):
     return float(value)
 
 
+def check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon):
+    """Check the BatchNorm arguments every layer and builder takes, with
+    one wording, and return them as floats `(momentum, epsilon)`."""
+    momentum = check_real(
+        batch_norm_momentum,
+        "batch_norm_momentum",
+        "a float in [0, 1]",
+        lambda v: 0 <= v <= 1,
+    )
+    epsilon = check_real(
+        batch_norm_epsilon,
+        "batch_norm_epsilon",
+        "a positive float",
+        lambda v: v > 0,
+    )
+    return momentum, epsilon
+
+
 def check_synchronized(synchronized):
     """Check a layer's `synchronized` argument (BatchNorm across replicas).
 

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_fusion._internal.checks import channel_axis
+from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_feature_map_shape
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
@@ -139,17 +140,8 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
                 "`recompute` should be one of 'full' (or True), 'concat_bn' "
                 f"or False. Received: recompute={recompute!r}"
             )
-        batch_norm_epsilon = check_real(
-            batch_norm_epsilon,
-            "batch_norm_epsilon",
-            "a positive float",
-            lambda v: v > 0,
-        )
-        batch_norm_momentum = check_real(
-            batch_norm_momentum,
-            "batch_norm_momentum",
-            "a float in [0, 1]",
-            lambda v: 0 <= v <= 1,
+        batch_norm_momentum, batch_norm_epsilon = check_batch_norm_arguments(
+            batch_norm_momentum, batch_norm_epsilon
         )
         self.num_layers = num_layers
         self.growth_rate = growth_rate

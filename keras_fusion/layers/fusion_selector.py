@@ -3,6 +3,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_fusion_input_shapes
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
@@ -317,17 +318,8 @@ class FusionSelector(keras.layers.Layer):
             "a positive number",
             lambda v: v > 0,
         )
-        self.batch_norm_momentum = check_real(
-            batch_norm_momentum,
-            "batch_norm_momentum",
-            "a number in [0, 1]",
-            lambda v: 0 <= v <= 1,
-        )
-        self.batch_norm_epsilon = check_real(
-            batch_norm_epsilon,
-            "batch_norm_epsilon",
-            "a positive number",
-            lambda v: v > 0,
+        self.batch_norm_momentum, self.batch_norm_epsilon = (
+            check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon)
         )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)

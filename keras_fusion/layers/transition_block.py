@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_fusion._internal.checks import channel_axis
+from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_feature_map_shape
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
@@ -85,17 +86,8 @@ class TransitionBlock(keras.layers.Layer):
             "a float in (0, 1]",
             lambda v: 0 < v <= 1,
         )
-        self.batch_norm_epsilon = check_real(
-            batch_norm_epsilon,
-            "batch_norm_epsilon",
-            "a positive float",
-            lambda v: v > 0,
-        )
-        self.batch_norm_momentum = check_real(
-            batch_norm_momentum,
-            "batch_norm_momentum",
-            "a float in [0, 1]",
-            lambda v: 0 <= v <= 1,
+        self.batch_norm_momentum, self.batch_norm_epsilon = (
+            check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon)
         )
         self.data_format = standardize_data_format(data_format)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

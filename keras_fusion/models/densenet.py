@@ -15,6 +15,7 @@ Reference:
 
 import keras
 
+from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
@@ -151,7 +152,7 @@ def DenseNet(
     blocks = tuple(check_positive_int(count, "blocks") for count in blocks)
     growth_rate = check_positive_int(growth_rate, "growth_rate")
     classes = check_positive_int(classes, "classes")
-    batch_norm_momentum, batch_norm_epsilon = _check_batch_norm(
+    batch_norm_momentum, batch_norm_epsilon = check_batch_norm_arguments(
         batch_norm_momentum, batch_norm_epsilon
     )
     check_pooling(pooling)
@@ -487,7 +488,7 @@ def DenseNetBC(
         lambda v: 0 < v <= 1,
     )
     classes = check_positive_int(classes, "classes")
-    batch_norm_momentum, batch_norm_epsilon = _check_batch_norm(
+    batch_norm_momentum, batch_norm_epsilon = check_batch_norm_arguments(
         batch_norm_momentum, batch_norm_epsilon
     )
     check_pooling(pooling)
@@ -556,19 +557,3 @@ def DenseNetBC(
         x, include_top, pooling, classes, classifier_activation, data_format
     )
     return keras.Model(source_inputs(input_tensor, inputs), x, name=name)
-
-
-def _check_batch_norm(batch_norm_momentum, batch_norm_epsilon):
-    momentum = check_real(
-        batch_norm_momentum,
-        "batch_norm_momentum",
-        "a float in [0, 1]",
-        lambda v: 0 <= v <= 1,
-    )
-    epsilon = check_real(
-        batch_norm_epsilon,
-        "batch_norm_epsilon",
-        "a positive float",
-        lambda v: v > 0,
-    )
-    return momentum, epsilon

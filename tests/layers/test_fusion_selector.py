@@ -930,8 +930,8 @@ def test_fusion_selector_errors_if_flag_is_not_a_bool(name):
     [
         ("fusion_epsilon", 0.0, "a positive number"),
         ("fusion_epsilon", "small", "a positive number"),
-        ("batch_norm_epsilon", -1e-3, "a positive number"),
-        ("batch_norm_momentum", 1.5, r"a number in \[0, 1\]"),
+        ("batch_norm_epsilon", -1e-3, "a positive float"),
+        ("batch_norm_momentum", 1.5, r"a float in \[0, 1\]"),
     ],
 )
 def test_fusion_selector_errors_if_number_is_out_of_range(
