@@ -1,19 +1,28 @@
 """Training step of a dense block that recomputes instead of storing.
 
 Why this is TensorFlow code and not `keras.ops`: the memory saving needs a
-custom gradient that (a) keeps only each layer's `growth_rate` new channels
-(and, for `"concat_bn"`, the bottleneck convolution's output) for the
+custom gradient that (a) keeps the block's features once, as its output
+(and, for `"concat_bn"`, the bottleneck convolutions' outputs), for the
 backward pass, (b) recomputes the rest layer by layer in the backward pass,
-sequenced after the incoming gradient so that the recomputed tensors of
-different layers are never alive together, and (c) does not run the 3x3
-convolution forward again: its input and kernel gradients come straight
-from `Conv*DBackpropInput`/`Conv*DBackpropFilter`. `keras.remat` and
+slicing each layer's input out of the next one's and sequenced after the
+incoming gradient so that the recomputed tensors of different layers are
+never alive together, and (c) does not run the 3x3 convolution forward
+again: its input and kernel gradients come straight from
+`Conv*DBackpropInput`/`Conv*DBackpropFilter`. `keras.remat` and
 `tf.recompute_grad` around a layer do none of (c), update BatchNorm's moving
 statistics a second time during the recomputation and draw a new dropout
 mask there. BatchNorm is recomputed from the forward pass's saved batch
-statistics and differentiated analytically (`batch_norm_relu.py`, shared
-with the `keras.remat` kernel). `benchmarks/dense_block_memory.py`
-measures what all of this buys.
+statistics (`batch_norm_relu.py`, shared with the `keras.remat` kernel) and
+differentiated analytically, in one `FusedBatchNormGradV3` op on a CPU.
+`benchmarks/dense_block_memory.py` measures what all of this buys.
+
+What is alive at the backward pass's peak, in the last layer (the tensors
+of the width of the layer's input, about the output's): the gradient
+accumulated so far, the layer's input, its BatchNorm-ReLU's gradient and
+the BatchNorm gradient being written; every other tensor is of the growth
+rate or bottleneck width. The ordering (control dependencies) is what keeps
+it at four: TensorFlow's executor otherwise runs a ready op early and keeps
+its inputs alive.
 
 The kernel receives the block as a `DenseBlockSpec` (`dense_block_spec.py`):
 weights as tensors, BatchNorm settings, dropout rates and seed generators.
@@ -120,11 +129,14 @@ class _DenseBlockKernel:
         layers = self._layers(weights)
         batch_norm = self.spec.batch_norm
         axis = len(x.shape) - 1
-        features = [x]
+        # The features are kept once: as the growing concatenation, whose
+        # last value is the block's output. The backward pass slices each
+        # layer's input back out of that output, so no per-layer tensor is
+        # kept besides the bottleneck outputs of "concat_bn".
+        c = x
         bottlenecks = []
         moments = []
         for index, layer in enumerate(layers):
-            c = tf.concat(features, axis=_AXIS) if index else x
             h, mean, variance = batch_norm_relu.batch_norm_relu(
                 c, layer.gamma0, layer.beta0, axis, batch_norm
             )
@@ -137,39 +149,48 @@ class _DenseBlockKernel:
                     b, layer.gamma1, layer.beta1, axis, batch_norm
                 )
                 moments += [mean, variance]
-            f = _conv(h, layer.kernel2)
-            features.append(self._dropout(f, index))
-        outputs = tf.concat(features, axis=_AXIS)
+            f = self._dropout(_conv(h, layer.kernel2), index)
+            c = tf.concat([c, f], axis=_AXIS)
+        outputs = c
 
         def grad_fn(d_outputs, *unused_moment_gradients):
             return self._backward(
-                d_outputs, features, bottlenecks, moments, layers
+                d_outputs, outputs, bottlenecks, moments, layers
             )
 
         return outputs, moments, grad_fn
 
-    def _backward(self, d_outputs, features, bottlenecks, moments, layers):
+    def _backward(self, d_outputs, outputs, bottlenecks, moments, layers):
         grads = []
         gradient = d_outputs
         # Where each layer's batch statistics start in `moments`.
         position = [0]
         for layer in layers[:-1]:
             position.append(position[-1] + 2 * layer.num_batch_norms)
+        input_channels = outputs.shape[-1] - sum(
+            layer.growth_rate for layer in layers
+        )
+        # Each layer's input is sliced out of the next layer's (the last
+        # layer's out of the block's output), and only once that next layer
+        # is done with its own: the block's output is dropped after the
+        # first slice, and no two layers' inputs are alive together.
+        c = outputs
         for index in reversed(range(len(layers))):
             layer = layers[index]
-            width = features[0].shape[-1] + index * layer.growth_rate
-            d_f = gradient[..., width:]
-            gradient = gradient[..., :width]
+            width = input_channels + index * layer.growth_rate
+            gradient, d_f = tf.split(
+                gradient, [width, layer.growth_rate], axis=_AXIS
+            )
             d_f = self._dropout(d_f, index)
             # The control dependency holds the recomputation back until this
-            # layer's gradient exists, so that only one layer's recomputed
-            # tensors are alive at a time (as tf.recompute_grad does).
-            with tf.control_dependencies([d_f]):
-                inputs = [tf.identity(t) for t in features[: index + 1]]
+            # layer's gradient exists (so until the layer after it is done),
+            # so that only one layer's recomputed tensors are alive at a
+            # time (as tf.recompute_grad does).
+            with tf.control_dependencies([d_f, *grads[:6]]):
+                c = c[..., :width]
                 stored_b = None
                 if self.spec.policy == "concat_bn" and layer.has_bottleneck:
                     stored_b = tf.identity(bottlenecks[index])
-            c = tf.concat(inputs, axis=_AXIS) if index else inputs[0]
             statistics = moments[position[index] : position[index] + 4]
             d_c, layer_grads = self._layer_backward(
                 layer, c, stored_b, statistics, d_f
@@ -193,6 +214,10 @@ class _DenseBlockKernel:
         def backward(d_outputs, x, outputs, gamma, moments):
             # TensorFlow's fused ReLU gradient: one pass over the tensor.
             d_y = tf.raw_ops.ReluGrad(gradients=d_outputs, features=outputs)
+            if _fused_batch_norm_gradient_applies(x, batch_norm, all_reduce):
+                return _fused_batch_norm_gradient(
+                    d_y, x, gamma, *moments, batch_norm.epsilon
+                )
             return batch_norm_relu.batch_norm_gradient(
                 d_y, x, gamma, *moments, axis, batch_norm, all_reduce
             )
@@ -212,6 +237,45 @@ class _DenseBlockKernel:
         d_kernel1, d_h1 = _conv_backprop(h1, layer.kernel1, d_b)
         d_c, d_gamma0, d_beta0 = backward(d_h1, c, h1, layer.gamma0, moments0)
         return d_c, [d_gamma0, d_beta0, d_kernel1, d_gamma1, d_beta1, d_kernel2]
+
+
+def _fused_batch_norm_gradient_applies(x, batch_norm, all_reduce):
+    """Whether `_fused_batch_norm_gradient` computes BatchNorm's gradient
+    here: not for a BatchNorm synchronized over replicas (its sums must be
+    the global batch's), not for float64 (the op has no such kernel), and
+    not where a GPU may run the op (cuDNN's kernel takes the inverse
+    variance where the CPU kernels take the variance)."""
+    if batch_norm.synchronized and all_reduce is not None:
+        return False
+    if x.dtype not in (tf.float32, tf.float16, tf.bfloat16):
+        return False
+    return not tf.config.list_logical_devices("GPU")
+
+
+def _fused_batch_norm_gradient(d_y, x, gamma, mean, variance, epsilon):
+    """`batch_norm_relu.batch_norm_gradient` (channels last, per replica)
+    in one op: TensorFlow's `FusedBatchNormGradV3` CPU kernel (Eigen, or
+    oneDNN where it is on) reads `x` and `d_y` once and allocates nothing
+    besides `d_x`, where the element-wise ops allocate two temporaries of
+    `x`'s size and pass over it five times. It computes the same analytic
+    gradient from the same batch statistics (the forward pass's), summed in
+    another order; the tests compare it with `batch_norm_gradient`."""
+    shape = tf.shape(x)
+    channels = x.shape[-1]
+    # Any rank as 4D NHWC: the statistics are over every axis but the last.
+    as_4d = [shape[0], 1, -1, channels]
+    d_x, d_gamma, d_beta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+        y_backprop=tf.reshape(d_y, as_4d),
+        x=tf.reshape(x, as_4d),
+        scale=tf.cast(gamma, mean.dtype),
+        reserve_space_1=mean,
+        reserve_space_2=variance,
+        reserve_space_3=tf.zeros([0], mean.dtype),
+        epsilon=epsilon,
+        data_format="NHWC",
+        is_training=True,
+    )
+    return tf.reshape(d_x, shape), d_gamma, d_beta
 
 
 def _replica_sum():
@@ -246,7 +310,11 @@ def _conv_backprop(inputs, kernel, d_outputs):
     """Gradients of a stride-1 convolution of `inputs` with `kernel`, with
     respect to the kernel and the inputs, from its outputs' gradient."""
     d_kernel = _conv_backprop_filter(inputs, d_outputs, kernel.shape)
-    d_inputs = _conv_backprop_input(tf.shape(inputs), kernel, d_outputs)
+    # The kernel's gradient first: the last reader of `inputs` is then the
+    # ReLU gradient after this, which frees it before the input gradient's
+    # BatchNorm gradient allocates.
+    with tf.control_dependencies([d_kernel]):
+        d_inputs = _conv_backprop_input(tf.shape(inputs), kernel, d_outputs)
     return d_kernel, d_inputs
 
 

@@ -10,6 +10,7 @@ from keras import ops
 from keras_fusion.backend import batch_norm_relu
 from keras_fusion.backend.dense_block_spec import BatchNormSpec
 from keras_fusion.backend.dense_block_spec import DenseLayerSpec
+from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
 from tests.layer_test_case import make_inputs
@@ -140,3 +141,46 @@ def test_layer_spec_weights_round_trip(bottleneck):
             np.testing.assert_array_equal(
                 getattr(doubled, name), values[name] * 2
             )
+
+
+@tensorflow_only
+@pytest.mark.parametrize(
+    "shape", [(4, 9, 7), (4, 5, 6, 7), (2, 3, 4, 5, 7)], ids=["1d", "2d", "3d"]
+)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tensorflow_fused_gradient_equals_batch_norm_gradient(shape, dtype):
+    # The TensorFlow kernel's one-op BatchNorm gradient (FusedBatchNormGradV3)
+    # against the element-wise `batch_norm_gradient`, on the same batch
+    # statistics; the CPU kernel is Eigen's or oneDNN's, as the machine has.
+    import tensorflow as tf
+
+    from keras_fusion.backend import tensorflow_dense_block
+
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal(shape) * 3 + 1, dtype)
+    d_y = tf.constant(rng.standard_normal(shape), dtype)
+    gamma = tf.constant(rng.uniform(0.5, 1.5, shape[-1]), "float32")
+    axis = len(shape) - 1
+    _, mean, variance = batch_norm_relu.batch_norm_relu(
+        x, gamma, tf.zeros_like(gamma), axis, SPEC
+    )
+    assert tensorflow_dense_block._fused_batch_norm_gradient_applies(
+        x, SPEC, None
+    ) == (not tf.config.list_logical_devices("GPU"))
+    fused = tensorflow_dense_block._fused_batch_norm_gradient(
+        d_y, x, gamma, mean, variance, SPEC.epsilon
+    )
+    expected = batch_norm_relu.batch_norm_gradient(
+        d_y, x, gamma, mean, variance, axis, SPEC
+    )
+    assert fused[0].dtype == x.dtype
+    tolerance = 1e-6 if dtype == "float32" else 1e-3
+    for mine, reference in zip(fused, expected, strict=True):
+        reference = to_numpy(reference).astype("float64")
+        scale = np.max(np.abs(reference))
+        np.testing.assert_allclose(
+            to_numpy(mine).astype("float64"),
+            reference,
+            rtol=tolerance,
+            atol=tolerance * scale,
+        )
