@@ -69,13 +69,41 @@ def environment():
     except (OSError, ValueError, IndexError):
         pass
     return {
-        "machine": f"{cpu}, {os.cpu_count()} cores, {memory}",
+        "machine": f"{cpu}, {os.cpu_count()} cores, {memory}; {cpu_isa()}",
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def cpu_isa():
+    """The vector instructions oneDNN's kernels use here, for the table's
+    header: the CPU's best (AVX-512 or AVX2), or the ceiling that
+    `ONEDNN_MAX_CPU_ISA` sets. Time ratios differ between the two kinds
+    (run a benchmark with `ONEDNN_MAX_CPU_ISA=AVX2` on an AVX-512 machine
+    to see the other kind's oneDNN kernels; TensorFlow's Eigen kernels are
+    the same on both)."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    best = (
+        "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    )
+    ceiling = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if ceiling:
+        return (
+            f"CPU has {best or 'unknown ISA'}, oneDNN kernels limited to "
+            f"{ceiling} (ONEDNN_MAX_CPU_ISA)"
+        )
+    return f"CPU has {best or 'unknown ISA'}, oneDNN kernels use it"
 
 
 def write_results(name, header_lines, table_lines, data, directory):

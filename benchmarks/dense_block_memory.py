@@ -198,6 +198,35 @@ def main():
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
+    floors = []
+    for num_layers in args.layers:
+        peaks = {
+            r["implementation"]: r["peak_bytes"]
+            for r in data["results"]
+            if r["num_layers"] == num_layers
+        }
+        # "concat_bn" keeps every bottleneck output (4 * growth rate
+        # channels per layer) besides what "full" keeps: its own floor.
+        bottleneck_bytes = (
+            num_layers * 4 * GROWTH_RATE * SIZE * SIZE * BATCH * 4
+        )
+        floor = peaks["full"] + bottleneck_bytes
+        floors.append(
+            f"| {num_layers} | {peaks['full'] / 2**20:.1f} | "
+            f"{bottleneck_bytes / 2**20:.1f} | "
+            f"{peaks['concat_bn'] / 2**20:.1f} | "
+            f"{peaks['concat_bn'] / floor:.3f} |"
+        )
+    table += [
+        "",
+        '"concat_bn" against its floor, the peak of "full" plus the kept '
+        "bottleneck outputs:",
+        "",
+        "| layers | full peak MB | bottleneck outputs MB | concat_bn peak MB "
+        "| concat_bn / (full + bottleneck outputs) |",
+        "|---|---|---|---|---|",
+        *floors,
+    ]
     if scaling:
         table += [
             "",

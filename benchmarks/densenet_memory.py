@@ -11,7 +11,12 @@ DenseNet-121 with `recompute="concat_bn"`: 224x224x3 inputs, batch 8, 10
 classes, one `tf.function` training step (forward, gradients, SGD update)
 in a fresh subprocess per configuration, measured as in
 `benchmarks.dense_block_memory`. The DenseNet-121 configurations run
-alternately `--rounds` times; the deeper ones (`--depths`) once. Writes
+alternately `--rounds` times; the deeper ones (`--depths`) once. Then
+DenseNet-121 runs at the `--fit-batches` batch sizes (4 and 16) for each
+implementation, and a least-squares line peak = a + b * batch through
+those and batch 8 answers "how large a batch can I train?": the largest
+batch that fits in 4 GiB and in 16 GiB, counting the variables and the
+batch on top of the step's peak. Writes
 `benchmarks/results/densenet_memory.{md,json,png}` (`--results-dir` picks
 another directory, for trial runs); the table's header names the allocator
 measured.
@@ -60,7 +65,7 @@ def build(implementation, depth):
     )
 
 
-def worker(implementation, depth, repeats):
+def worker(implementation, depth, repeats, batch=BATCH):
     import keras
     import numpy as np
     import tensorflow as tf
@@ -71,8 +76,8 @@ def worker(implementation, depth, repeats):
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.random((BATCH, SIZE, SIZE, 3)), tf.float32)
-    y = tf.constant(rng.integers(0, CLASSES, BATCH))
+    x = tf.constant(rng.random((batch, SIZE, SIZE, 3)), tf.float32)
+    y = tf.constant(rng.integers(0, CLASSES, batch))
 
     @tf.function
     def train_step():
@@ -83,7 +88,20 @@ def worker(implementation, depth, repeats):
         return loss
 
     train_step()
-    return measure_step(train_step, repeats)
+    result = measure_step(train_step, repeats)
+    # What stays allocated between steps: the variables (the optimizer's
+    # too) and the batch; the step's peak is measured above it.
+    result["resident_bytes"] = int(
+        sum(
+            np.prod(v.shape) * np.dtype(v.dtype).itemsize
+            for v in [*model.variables, *optimizer.variables]
+        )
+        + x.shape.num_elements() * 4
+        + y.shape.num_elements() * 8
+    )
+    result["input_bytes"] = x.shape.num_elements() * 4
+    result["batch"] = batch
+    return result
 
 
 def plot(results, path):
@@ -116,6 +134,26 @@ def plot(results, path):
     figure.savefig(path, dpi=120)
 
 
+def fit_line(points):
+    """Least-squares `(a, b)` of `peak = a + b * batch` through
+    `(batch, peak)` points."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    b = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
+        (x - mean_x) ** 2 for x, _ in points
+    )
+    return mean_y - b * mean_x, b
+
+
+def largest_batch(a, b, resident_per_batch, resident_fixed, capacity):
+    """The largest batch whose step fits in `capacity` bytes: the step's
+    peak `a + b * batch` on top of what stays allocated (the variables
+    and the batch itself)."""
+    per_batch = b + resident_per_batch
+    return max(0, int((capacity - resident_fixed - a) // per_batch))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -130,6 +168,14 @@ def main():
         "to, always runs (default: all)",
     )
     parser.add_argument(
+        "--fit-batches",
+        type=int,
+        nargs="*",
+        default=[4, 16],
+        help=f"DenseNet-121 batch sizes measured besides {BATCH} for the "
+        "fit of peak against batch (default: 4 16; none to skip the fit)",
+    )
+    parser.add_argument(
         "--results-dir",
         default=RESULTS_DIR,
         help="where the table and figure go (default: benchmarks/results)",
@@ -140,15 +186,24 @@ def main():
     compared = ("keras.applications", "full", "concat_bn")
     for round_index in range(args.rounds):
         order = compared if round_index % 2 == 0 else compared[::-1]
-        plan += [(implementation, 121) for implementation in order]
+        plan += [(implementation, 121, BATCH) for implementation in order]
     for depth in sorted(set(args.depths) - {121}):
-        plan += [("keras.applications", depth), ("full", depth)]
+        plan += [("keras.applications", depth, BATCH), ("full", depth, BATCH)]
+    for batch in args.fit_batches:
+        plan += [(implementation, 121, batch) for implementation in compared]
     runs = {}
-    for implementation, depth in plan:
-        result = run_worker(worker, [implementation, depth, args.repeats])
-        runs.setdefault((implementation, depth), []).append(result)
+    fit_runs = {}
+    for implementation, depth, batch in plan:
+        result = run_worker(
+            worker, [implementation, depth, args.repeats, batch]
+        )
+        if batch == BATCH:
+            runs.setdefault((implementation, depth), []).append(result)
+        fit_runs.setdefault(implementation, {}).setdefault(batch, []).append(
+            result
+        )
         print(
-            f"DenseNet-{depth} {implementation}: "
+            f"DenseNet-{depth} {implementation}, batch {batch}: "
             f"{result['peak_bytes'] / 2**20:.0f} MB, "
             f"{result['step_seconds']:.2f} s",
             flush=True,
@@ -174,6 +229,7 @@ def main():
                 "depth": depth,
                 "peak_bytes": peak,
                 "peak_ratio": peak / reference_peak,
+                "peak_per_input_bytes": peak / group[0]["input_bytes"],
                 "step_seconds": seconds,
                 "time_ratio": time_ratio,
                 "runs": group,
@@ -184,7 +240,8 @@ def main():
     for r in results:
         rows.append(
             f"| DenseNet-{r['depth']} | {r['implementation']} | "
-            f"{r['peak_bytes'] / 2**20:.0f} | {r['peak_ratio']:.3f} | "
+            f"{r['peak_bytes'] / 2**20:.0f} | "
+            f"{r['peak_per_input_bytes']:.0f} | {r['peak_ratio']:.3f} | "
             f"{r['peak_bytes'] / base_peak:.3f} | {r['step_seconds']:.2f} | "
             f"{r['time_ratio']:.2f} |"
         )
@@ -203,22 +260,76 @@ def main():
         "- peak: allocator peak of the step minus memory in "
         f"use before it; time: median of {args.repeats} steps after warm-up; "
         f"DenseNet-121 rows: median over {args.rounds} alternating rounds, "
-        "ratios per round",
+        "ratios per round; input batch bytes: the float32 images of one "
+        "batch",
     ]
     table = [
-        "| model | implementation | peak MB | peak / keras.applications "
-        "same depth | peak / keras.applications DenseNet-121 | step s | "
+        "| model | implementation | peak MB | peak / input batch bytes | "
+        "peak / keras.applications same depth | "
+        "peak / keras.applications DenseNet-121 | step s | "
         "time / keras.applications same depth |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ]
+    headroom = []
+    fits = {}
+    if args.fit_batches:
+        headroom = [
+            "",
+            f"## How large a batch fits: DenseNet-121 at {SIZE}x{SIZE}",
+            "",
+            "Peak of the step fitted as a + b * batch (least squares over "
+            "batches "
+            + ", ".join(str(b) for b in sorted(fit_runs["full"]))
+            + "; medians where a batch ran more than once); the largest "
+            "batch counts the variables, the optimizer's state and the "
+            "batch itself on top of that peak.",
+            "",
+            "| implementation | a MB | b MB per image | largest batch in "
+            "4 GiB | largest batch in 16 GiB |",
+            "|---|---|---|---|---|",
+        ]
+        for implementation in compared:
+            by_batch = fit_runs[implementation]
+            points = [
+                (batch, statistics.median(r["peak_bytes"] for r in group))
+                for batch, group in sorted(by_batch.items())
+            ]
+            a, b = fit_line(points)
+            # Resident memory: fixed part (variables) and per image (the
+            # input and its label), from two batch sizes.
+            (b0, g0), (b1, g1) = sorted(by_batch.items())[:2]
+            r0, r1 = g0[0]["resident_bytes"], g1[0]["resident_bytes"]
+            resident_per_batch = (r1 - r0) / (b1 - b0)
+            resident_fixed = r0 - resident_per_batch * b0
+            largest = {
+                gib: largest_batch(
+                    a, b, resident_per_batch, resident_fixed, gib * 2**30
+                )
+                for gib in (4, 16)
+            }
+            fits[implementation] = {
+                "points": points,
+                "a_bytes": a,
+                "b_bytes_per_image": b,
+                "resident_fixed_bytes": resident_fixed,
+                "resident_bytes_per_image": resident_per_batch,
+                "largest_batch": largest,
+            }
+            headroom.append(
+                f"| {implementation} | {a / 2**20:.0f} | {b / 2**20:.1f} | "
+                f"{largest[4]} | {largest[16]} |"
+            )
     data = {
         "environment": env,
         "allocator": measured,
         "config": vars(args),
         "results": results,
+        "batch_fit": fits,
     }
-    write_results("densenet_memory", header, table, data, args.results_dir)
+    write_results(
+        "densenet_memory", header, table + headroom, data, args.results_dir
+    )
     plot(results, os.path.join(args.results_dir, "densenet_memory.png"))
 
 
