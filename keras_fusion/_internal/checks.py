@@ -103,17 +103,26 @@ def check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon):
     return momentum, epsilon
 
 
+def check_bool(value, name):
+    """Check that an argument is a Python bool and return it.
+
+    Only `True` and `False` are accepted: a truthy string such as `"full"`
+    would otherwise switch an option on silently.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` should be a bool. Received: {name}={value!r}"
+        )
+    return value
+
+
 def check_synchronized(synchronized):
     """Check a layer's `synchronized` argument (BatchNorm across replicas).
 
     It maps to `keras.layers.BatchNormalization(synchronized=...)`, which
     only the TensorFlow backend supports.
     """
-    if not isinstance(synchronized, bool):
-        raise TypeError(
-            "`synchronized` should be a bool. "
-            f"Received: synchronized={synchronized!r}"
-        )
+    check_bool(synchronized, "synchronized")
     if synchronized and keras.backend.backend() != "tensorflow":
         raise ValueError(
             "`synchronized=True` (BatchNormalization statistics over all "

@@ -1,13 +1,18 @@
-"""The recomputing training step of `MemoryEfficientDenseBlock`.
+"""The recomputing training steps of `MemoryEfficientDenseBlock`,
+`TransitionBlock` and the DenseNet builders' stem.
 
 - `dense_block_spec.py`: what a kernel receives, the block as data
   (weights, BatchNorm settings, dropout rates and seeds; no Layer).
 - `batch_norm_relu.py`: relu(BatchNorm(x)) forward, recomputation, analytic
   gradient and moving-statistics update, in `keras.ops`, written once for
-  both kernels.
-- `tensorflow_dense_block.py`: the TensorFlow kernel (a custom gradient;
-  why it is TensorFlow code is said there).
-- `remat_dense_block.py`: the JAX and PyTorch kernel (`keras.remat`).
+  every kernel.
+- `tensorflow_dense_block.py`: the TensorFlow dense-block kernel (a custom
+  gradient; why it is TensorFlow code is said there).
+- `remat_dense_block.py`: the JAX and PyTorch dense-block kernel
+  (`keras.remat`).
+- `tensorflow_transition.py`, `remat_transition.py`: the same two kinds
+  of kernel for the transition (BatchNorm -> ReLU -> 1x1 convolution ->
+  average pooling) and the stem (BatchNorm -> ReLU -> max pooling).
 - `size_checks.py`: run-time size checks of the cropping and padding ops
   (TensorFlow graphs need an assertion op; why is said there).
 """

@@ -5,10 +5,13 @@ from keras import ops
 
 from keras_fusion._internal.checks import channel_axis
 from keras_fusion._internal.checks import check_batch_norm_arguments
+from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_feature_map_shape
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion.backend.batch_norm_relu import update_moving_statistics
+from keras_fusion.backend.dense_block_spec import BatchNormSpec
 
 _CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
 _POOL_CLASSES = {
@@ -27,6 +30,18 @@ class TransitionBlock(keras.layers.Layer):
     `keras.applications.densenet.transition_block` runs it;
     `compression_ratio` is the paper's compression factor `theta` (0.5 in
     DenseNet-BC).
+
+    With `recompute=True`, a training step keeps only the input (which the
+    dense block before a transition keeps anyway) and BatchNorm's batch
+    statistics for the backward pass, instead of the BatchNorm, ReLU and
+    convolution outputs, and recomputes BatchNorm and ReLU there from the
+    saved statistics, as `MemoryEfficientDenseBlock` does (Pleiss et al.
+    2017, "Memory-Efficient Implementation of DenseNets"). Outputs,
+    gradients and moving statistics (updated once per step) are those of
+    `recompute=False`. Recomputation happens only in training mode, with
+    every backend (TensorFlow: a custom gradient; JAX and PyTorch:
+    `keras.remat` around a pure function); inference (and so
+    `model.export()`) runs the plain layers.
 
     Example:
 
@@ -49,6 +64,9 @@ class TransitionBlock(keras.layers.Layer):
         synchronized: with the TensorFlow backend under a `tf.distribute`
             strategy, compute BatchNorm's batch statistics over the global
             batch, as `keras.layers.BatchNormalization(synchronized=True)`.
+        recompute: `True` to recompute BatchNorm and ReLU in the backward
+            pass instead of keeping their outputs; `False` (the default)
+            for the plain layers.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Input shape:
@@ -66,6 +84,8 @@ class TransitionBlock(keras.layers.Layer):
     Reference:
         - [Huang et al., 2017, "Densely Connected Convolutional
           Networks"](https://arxiv.org/abs/1608.06993)
+        - [Pleiss et al., 2017, "Memory-Efficient Implementation of
+          DenseNets"](https://arxiv.org/abs/1707.06990)
     """
 
     def __init__(
@@ -77,6 +97,7 @@ class TransitionBlock(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
         synchronized=False,
+        recompute=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -93,6 +114,7 @@ class TransitionBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.synchronized = check_synchronized(synchronized)
+        self.recompute = check_bool(recompute, "recompute")
 
     def build(self, input_shape):
         rank, axis, channels = check_feature_map_shape(
@@ -124,6 +146,10 @@ class TransitionBlock(keras.layers.Layer):
         self.conv.build(input_shape)
 
     def call(self, inputs, training=None):
+        # A frozen BatchNorm normalizes with its moving statistics, as in
+        # Keras: that is the plain path's work.
+        if training and self.recompute and self.trainable and self.bn.trainable:
+            return _recomputing_training_step(self, inputs)
         x = ops.relu(self.bn(inputs, training=training))
         return self.pool(self.conv(x))
 
@@ -155,6 +181,7 @@ class TransitionBlock(keras.layers.Layer):
                     self.kernel_regularizer
                 ),
                 "synchronized": self.synchronized,
+                "recompute": self.recompute,
             }
         )
         return config
@@ -164,3 +191,35 @@ class TransitionBlock(keras.layers.Layer):
         # int(channels * compression_ratio), the floor for positive values; at
         # least one channel is kept where that would give none.
         return max(1, math.floor(channels * self.compression_ratio))
+
+
+def _recomputing_training_step(block, inputs):
+    """`block`'s training step through a recomputing kernel, which receives
+    the weights as tensors and returns the output and BatchNorm's batch
+    statistics; the moving statistics are updated here, once."""
+    if keras.backend.backend() == "tensorflow":
+        # Imported here: the module needs TensorFlow.
+        from keras_fusion.backend import tensorflow_transition as kernel
+    else:
+        from keras_fusion.backend import remat_transition as kernel
+    # In the compute dtype, as the Keras sublayers cast them (also where
+    # `stateless_call` runs `call` without `__call__`'s cast).
+    compute_dtype = block.compute_dtype
+    outputs, (mean, variance) = kernel.recomputing_transition(
+        ops.cast(inputs, compute_dtype),
+        block.bn.gamma.value,
+        block.bn.beta.value,
+        ops.cast(block.conv.kernel.value, compute_dtype),
+        BatchNormSpec(
+            epsilon=block.batch_norm_epsilon, synchronized=block.synchronized
+        ),
+        block.data_format,
+    )
+    update_moving_statistics(
+        block.bn.moving_mean,
+        block.bn.moving_variance,
+        mean,
+        variance,
+        block.batch_norm_momentum,
+    )
+    return outputs

@@ -16,10 +16,12 @@ Reference:
 import keras
 
 from keras_fusion._internal.checks import check_batch_norm_arguments
+from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion.layers._densenet_stem import DenseNetStem
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.transition_block import TransitionBlock
 from keras_fusion.models._inputs_and_heads import check_pooling
@@ -68,6 +70,14 @@ def DenseNet(
     a transition halving the channels and the spatial size after each of
     the first three, then BatchNorm, ReLU and the head.
 
+    With `recompute` on (the default), the dense blocks, the transitions
+    and the stem's BatchNorm -> ReLU -> max pooling recompute in the
+    backward pass instead of keeping their intermediate tensors (see
+    `MemoryEfficientDenseBlock`, `TransitionBlock`); the stem's BatchNorm,
+    ReLU, padding and pooling then are one layer, `conv1`, whose sublayer
+    `bn` holds `conv1_bn`'s weights. With `recompute=False` every layer is
+    the plain Keras layer, named as in `keras.applications`.
+
     Example:
 
     >>> from keras_fusion.models import DenseNet
@@ -104,7 +114,8 @@ def DenseNet(
             `None` gives logits.
         recompute: the dense blocks' recomputation policy: `"full"` (same as
             `True`), `"concat_bn"` or `False` (see
-            `MemoryEfficientDenseBlock`).
+            `MemoryEfficientDenseBlock`); any but `False` also recomputes
+            the transitions and the stem.
         dropout_rate: dropout after each dense layer's 3x3 convolution.
         growth_rate: channels each dense layer adds (32 in DenseNet-121 to
             -264).
@@ -191,14 +202,25 @@ def DenseNet(
         data_format=data_format,
         name="conv1_conv",
     )(x)
-    x = keras.layers.BatchNormalization(
-        axis=bn_axis, name="conv1_bn", **batch_norm
-    )(x)
-    x = keras.layers.Activation("relu", name="conv1_relu")(x)
-    x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), data_format=data_format)(x)
-    x = keras.layers.MaxPooling2D(
-        3, strides=2, data_format=data_format, name="pool1"
-    )(x)
+    if recompute:
+        x = DenseNetStem(
+            batch_norm_momentum=batch_norm_momentum,
+            batch_norm_epsilon=batch_norm_epsilon,
+            data_format=data_format,
+            synchronized=synchronized,
+            name="conv1",
+        )(x)
+    else:
+        x = keras.layers.BatchNormalization(
+            axis=bn_axis, name="conv1_bn", **batch_norm
+        )(x)
+        x = keras.layers.Activation("relu", name="conv1_relu")(x)
+        x = keras.layers.ZeroPadding2D(
+            ((1, 1), (1, 1)), data_format=data_format
+        )(x)
+        x = keras.layers.MaxPooling2D(
+            3, strides=2, data_format=data_format, name="pool1"
+        )(x)
     for index, num_layers in enumerate(blocks):
         x = MemoryEfficientDenseBlock(
             num_layers,
@@ -218,6 +240,7 @@ def DenseNet(
                 batch_norm_epsilon=batch_norm_epsilon,
                 data_format=data_format,
                 synchronized=synchronized,
+                recompute=bool(recompute),
                 name=f"pool{index + 2}",
             )(x)
     x = keras.layers.BatchNormalization(axis=bn_axis, name="bn", **batch_norm)(
@@ -272,7 +295,8 @@ _VARIANT_DOCSTRING = """{title} on memory-efficient dense blocks.
             `None` gives logits.
         recompute: the dense blocks' recomputation policy: `"full"` (same
             as `True`), `"concat_bn"` or `False` (see
-            `MemoryEfficientDenseBlock`).
+            `MemoryEfficientDenseBlock`); any but `False` also recomputes
+            the transitions and the stem (see `DenseNet`).
         dropout_rate: dropout after each dense layer's 3x3 convolution.
         batch_norm_momentum: the momentum of every BatchNormalization's
             moving statistics; 0.99 by default, as in `keras.applications`
@@ -442,7 +466,8 @@ def DenseNetBC(
         classifier_activation: the activation of the `predictions` layer;
             `None` gives logits.
         recompute: the dense blocks' recomputation policy (see
-            `MemoryEfficientDenseBlock`).
+            `MemoryEfficientDenseBlock`); any but `False` also recomputes
+            the transitions (see `TransitionBlock`).
         dropout_rate: dropout after each dense layer's 3x3 convolution (the
             paper uses 0.2 without data augmentation).
         batch_norm_momentum: the momentum of every BatchNormalization's
@@ -492,11 +517,7 @@ def DenseNetBC(
         batch_norm_momentum, batch_norm_epsilon
     )
     check_pooling(pooling)
-    if not isinstance(bottleneck, bool):
-        raise TypeError(
-            "`bottleneck` should be a bool. "
-            f"Received: bottleneck={bottleneck!r}"
-        )
+    check_bool(bottleneck, "bottleneck")
     convs_per_layer = 2 if bottleneck else 1
     if (depth - 4) % (3 * convs_per_layer) or depth < 4 + 3 * convs_per_layer:
         raise ValueError(
@@ -543,6 +564,7 @@ def DenseNetBC(
                 batch_norm_epsilon=batch_norm_epsilon,
                 data_format=data_format,
                 synchronized=synchronized,
+                recompute=bool(recompute),
                 name=f"transition{index + 1}",
             )(x)
     x = keras.layers.BatchNormalization(

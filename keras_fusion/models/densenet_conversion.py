@@ -45,7 +45,8 @@ def from_keras_application(
             built with `"channels_last"`.
         recompute: the dense blocks' recomputation policy: `"full"` (same
             as `True`), `"concat_bn"` or `False` (see
-            `MemoryEfficientDenseBlock`).
+            `MemoryEfficientDenseBlock`); any but `False` also recomputes
+            the transitions and the stem (see `DenseNet`).
         dropout_rate: dropout after each dense layer's 3x3 convolution.
         batch_norm_momentum: the momentum of every BatchNormalization's
             moving statistics; `keras.applications`' 0.99 by default, a

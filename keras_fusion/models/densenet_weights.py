@@ -4,8 +4,10 @@ Keras weight files, and the copy by layer name they all go through.
 Our DenseNets name their layers as `keras.applications.densenet` does, so
 that a `keras.applications` DenseNet's weights map one to one:
 `conv2_block1_0_bn` to sublayer `block1_0_bn` of our dense block `conv2`,
-`pool2_conv` to sublayer `conv` of our transition `pool2`, and the stem,
-final BatchNorm and classifier to the layers of the same name.
+`pool2_conv` to sublayer `conv` of our transition `pool2`, `conv1_bn` to
+sublayer `bn` of our recomputing stem `conv1` (with `recompute=False`, to
+the layer `conv1_bn`), and the stem's convolution, final BatchNorm and
+classifier to the layers of the same name.
 """
 
 import contextlib
@@ -15,6 +17,7 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_fusion.layers._densenet_stem import DenseNetStem
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.transition_block import TransitionBlock
 
@@ -49,7 +52,9 @@ def copy_keras_application_weights(source, target):
 
     Every weight is copied by layer name: `conv2_block1_0_bn` to sublayer
     `block1_0_bn` of our dense block `conv2`, `pool2_conv` to sublayer
-    `conv` of our transition `pool2`, and the stem, final BatchNorm and
+    `conv` of our transition `pool2`, `conv1_bn` to sublayer `bn` of our
+    recomputing stem `conv1` (or to our layer `conv1_bn` with
+    `recompute=False`), and the stem's convolution, final BatchNorm and
     classifier to the layers of the same name.
 
     Example:
@@ -194,6 +199,8 @@ def _weight_sources(layer):
             (layer.bn, f"{layer.name}_bn"),
             (layer.conv, f"{layer.name}_conv"),
         ]
+    if isinstance(layer, DenseNetStem):
+        return [(layer.bn, f"{layer.name}_bn")]
     if layer.weights:
         return [(layer, layer.name)]
     return []
@@ -204,8 +211,12 @@ def _load_keras_weights_file(
 ):
     """Load a Keras 3 `.weights.h5` or `.keras` file: of this model, or of
     the `keras.applications` DenseNet of the same depth and top."""
-    if _holds_memory_efficient_blocks(path) or blocks not in _IMAGENET_BLOCKS:
-        model.load_weights(path)
+    layer_keys = _keras_file_layer_keys(path)
+    ours = any(k.startswith("memory_efficient_dense_block") for k in layer_keys)
+    if ours or blocks not in _IMAGENET_BLOCKS:
+        _load_own_keras_weights_file(
+            model, path, layer_keys, blocks, include_top, classes, data_format
+        )
         return
     # Keras 3 files are keyed by the model's structure, not by layer names:
     # a keras.applications model's file loads into that model only, and is
@@ -240,10 +251,47 @@ def _load_keras_weights_file(
     copy_keras_application_weights(source, model)
 
 
-def _holds_memory_efficient_blocks(path):
-    """Whether a Keras 3 `.weights.h5` or `.keras` file is of a model made
-    of `MemoryEfficientDenseBlock`s: Keras 3 files key each layer's weights
-    by its class (`layers/memory_efficient_dense_block_1/...`)."""
+def _load_own_keras_weights_file(
+    model, path, layer_keys, blocks, include_top, classes, data_format
+):
+    """Load a Keras 3 weights file of one of our DenseNets into `model`,
+    whichever `recompute` either was built with."""
+    file_has_stem = any(key.startswith("dense_net_stem") for key in layer_keys)
+    model_has_stem = any(
+        isinstance(layer, DenseNetStem) for layer in model.layers
+    )
+    if file_has_stem == model_has_stem:
+        model.load_weights(path)
+        return
+    # `recompute` switches the stem between the plain Keras layers and our
+    # recomputing `DenseNetStem`, and Keras 3 files are keyed by the
+    # model's structure: the file is read into a model of its own
+    # structure, and mapped from there by name.
+    from keras_fusion.models.densenet import DenseNet
+
+    twin = DenseNet(
+        blocks,
+        include_top=include_top,
+        weights=None,
+        input_shape=tuple(model.input_shape[1:]),
+        classes=classes,
+        recompute=file_has_stem,
+        growth_rate=model.get_layer("conv2").growth_rate,
+        data_format=data_format,
+    )
+    twin.load_weights(path)
+    weights = {
+        name: sublayer.get_weights()
+        for layer in twin.layers
+        for sublayer, name in _weight_sources(layer)
+    }
+    _copy_weights_by_name(weights, model, f"weights={path!r}")
+
+
+def _keras_file_layer_keys(path):
+    """The keys of a Keras 3 `.weights.h5` or `.keras` file's top-level
+    layers: Keras 3 files key each layer's weights by its class
+    (`layers/memory_efficient_dense_block_1/...`)."""
     import h5py
 
     try:
@@ -253,9 +301,7 @@ def _holds_memory_efficient_blocks(path):
                 archive = stack.enter_context(zipfile.ZipFile(path))
                 weights = stack.enter_context(archive.open("model.weights.h5"))
             layers = stack.enter_context(h5py.File(weights, "r")).get("layers")
-            return layers is not None and any(
-                key.startswith("memory_efficient_dense_block") for key in layers
-            )
+            return [] if layers is None else list(layers)
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"`weights` should be {_WEIGHTS_FORMS}. Received: "

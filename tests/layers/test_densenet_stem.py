@@ -1,0 +1,198 @@
+"""The DenseNet builders' private recomputing stem (`conv1` in a model built
+with `recompute`): BatchNorm -> ReLU -> zero padding -> max pooling, against
+the plain Keras layers of `keras.applications.densenet`."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusion.backend import batch_norm_relu
+from keras_fusion.layers._densenet_stem import DenseNetStem
+from tests.backend_utils import tensorflow_only
+from tests.backend_utils import to_numpy
+from tests.backend_utils import value_and_grads
+from tests.layer_test_case import float16_kernels_run
+from tests.layer_test_case import make_inputs
+from tests.layer_test_case import run_export_test
+from tests.layer_test_case import run_layer_test
+from tests.layer_test_case import skip_unless_channels_first_convolution_runs
+
+LAYER_CASES = pytest.mark.parametrize(
+    "input_shape, kwargs, expected",
+    [
+        ((2, 9, 8, 6), {}, (2, 5, 4, 6)),
+        ((2, 6, 9, 8), {"data_format": "channels_first"}, (2, 6, 5, 4)),
+    ],
+    ids=["channels-last", "channels-first"],
+)
+
+
+@LAYER_CASES
+def test_layer_checks(input_shape, kwargs, expected, tmp_path):
+    data_format = kwargs.get("data_format", "channels_last")
+    if data_format == "channels_first":
+        skip_unless_channels_first_convolution_runs()
+    run_layer_test(
+        DenseNetStem,
+        kwargs,
+        input_shape,
+        tmp_path,
+        expected_num_trainable_weights=2,  # BN gamma, beta
+        expected_num_non_trainable_weights=2,  # moving mean, variance
+        expected_output_shape=expected,
+        atol=1e-5,
+        run_mixed_precision=float16_kernels_run(4, data_format),
+    )
+
+
+@tensorflow_only
+@LAYER_CASES
+def test_saved_model_export(input_shape, kwargs, expected, tmp_path):
+    if kwargs.get("data_format") == "channels_first":
+        skip_unless_channels_first_convolution_runs()
+    run_export_test(DenseNetStem, kwargs, input_shape, tmp_path, atol=1e-5)
+
+
+def _keras_applications_stem(input_shape, dtype=None):
+    """`conv1_bn`, `conv1_relu`, the padding and `pool1`, as
+    `keras.applications.densenet` builds them, in channels_last."""
+    inputs = keras.Input(input_shape[1:])
+    x = keras.layers.BatchNormalization(
+        epsilon=1.001e-5, name="conv1_bn", dtype=dtype
+    )(inputs)
+    x = keras.layers.Activation("relu", name="conv1_relu", dtype=dtype)(x)
+    x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), dtype=dtype)(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1", dtype=dtype)(x)
+    return keras.Model(inputs, x)
+
+
+def _pair(input_shape, data_format="channels_last", dtype=None):
+    """The plain layers (channels_last) and our stem with the same weights:
+    random BatchNorm weights and statistics, so that every term counts."""
+    reference_shape = input_shape
+    if data_format == "channels_first":
+        reference_shape = (input_shape[0], *input_shape[2:], input_shape[1])
+    plain = _keras_applications_stem(reference_shape, dtype)
+    ours = DenseNetStem(data_format=data_format, dtype=dtype)
+    ours.build(input_shape)
+    rng = np.random.default_rng(3)
+    channels = reference_shape[-1]
+    weights = [
+        rng.uniform(0.5, 1.5, channels),
+        rng.normal(0.0, 0.5, channels),
+        rng.normal(0.0, 0.1, channels),
+        rng.uniform(0.5, 1.5, channels),
+    ]
+    weights = [w.astype("float32") for w in weights]
+    plain.set_weights(weights)
+    ours.set_weights(weights)
+    return plain, ours
+
+
+def _assert_close_relative(actual, expected, rtol):
+    scale = np.max(np.abs(expected))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def _moving_statistics(model_or_stem):
+    return [
+        to_numpy(v)
+        for v in model_or_stem.non_trainable_variables
+        if "moving" in v.path
+    ]
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_training_step_equals_keras_applications_stem(data_format):
+    input_shape = (3, 11, 10, 6)
+    if data_format == "channels_first":
+        input_shape = (3, 6, 11, 10)
+    plain, ours = _pair(input_shape, data_format)
+    x = make_inputs(input_shape, seed=2)
+    y_ours, g_ours = value_and_grads(ours, x)
+    if data_format == "channels_first":
+        # The plain layers in channels_last on the transposed input: the
+        # same function, one that runs on every CPU.
+        y_plain, g_plain = value_and_grads(plain, np.moveaxis(x, 1, -1))
+        y_plain = np.moveaxis(y_plain, -1, 1)
+        g_plain[0] = np.moveaxis(g_plain[0], -1, 1)
+    else:
+        y_plain, g_plain = value_and_grads(plain, x)
+    _assert_close_relative(y_ours, y_plain, 1e-5)
+    assert len(g_ours) == len(g_plain) == 3  # the input's, gamma's, beta's
+    for mine, reference in zip(g_ours, g_plain, strict=True):
+        _assert_close_relative(mine, reference, 1e-5)
+    for mine, reference in zip(
+        _moving_statistics(ours), _moving_statistics(plain), strict=True
+    ):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-6)
+
+
+def test_inference_equals_keras_applications_stem():
+    plain, ours = _pair((2, 9, 9, 4))
+    x = make_inputs((2, 9, 9, 4), seed=3)
+    np.testing.assert_array_equal(
+        to_numpy(ours(x, training=False)), to_numpy(plain(x, training=False))
+    )
+
+
+def test_mixed_precision_training_step_matches_keras_applications_stem():
+    if not float16_kernels_run(4, "channels_last"):
+        pytest.skip("no float16 kernels here")
+    plain, ours = _pair((4, 9, 9, 8), dtype="mixed_float16")
+    x = make_inputs((4, 9, 9, 8), seed=4)
+    y_plain, g_plain = value_and_grads(plain, x)
+    y_ours, g_ours = value_and_grads(ours, x)
+    assert y_ours.dtype == y_plain.dtype == np.dtype("float16")
+    np.testing.assert_array_equal(y_ours, y_plain)
+    for mine, reference in zip(g_ours, g_plain, strict=True):
+        _assert_close_relative(mine, reference, 2e-3)
+    for variable in ours.bn.non_trainable_variables:
+        assert variable.dtype == "float32"
+
+
+def test_moving_statistics_update_once_per_step():
+    stem = DenseNetStem(batch_norm_momentum=0.9)
+    x = make_inputs((4, 7, 7, 5), seed=5)
+    value_and_grads(stem, x)
+    # One update of Keras's formula from the initial mean 0, variance 1.
+    mean, variance = _moving_statistics(stem)
+    np.testing.assert_allclose(
+        mean, 0.1 * x.mean(axis=(0, 1, 2)), rtol=0, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        variance, 0.9 + 0.1 * x.var(axis=(0, 1, 2)), rtol=0, atol=1e-6
+    )
+
+
+@tensorflow_only
+def test_backward_pass_recomputes_batch_norm_relu(monkeypatch):
+    recomputed = []
+    recompute = batch_norm_relu.recompute_batch_norm_relu
+
+    def counting(x, *args):
+        recomputed.append(tuple(x.shape))
+        return recompute(x, *args)
+
+    monkeypatch.setattr(batch_norm_relu, "recompute_batch_norm_relu", counting)
+    _, ours = _pair((2, 8, 8, 4))
+    x = make_inputs((2, 8, 8, 4), seed=6)
+    ours(x, training=True)
+    assert recomputed == []
+    value_and_grads(ours, x)
+    assert recomputed == [(2, 8, 8, 4)]
+
+
+@pytest.mark.backends("jax", reason="counts the residuals jax.checkpoint saves")
+def test_jax_saves_nothing_but_the_arguments():
+    from benchmarks.residuals import saved_residual_bytes
+
+    plain, ours = _pair((2, 8, 8, 6))
+    x = make_inputs((2, 8, 8, 6))
+    assert saved_residual_bytes(plain, x) > x.nbytes
+    assert saved_residual_bytes(ours, x) == 0
+
+
+def test_densenet_stem_errors_if_input_is_not_2d():
+    with pytest.raises(ValueError, match="expects a 2D feature map of rank 4"):
+        DenseNetStem()(keras.Input((8, 4)))
