@@ -13,6 +13,9 @@
 - `tensorflow_transition.py`, `remat_transition.py`: the same two kinds
   of kernel for the transition (BatchNorm -> ReLU -> 1x1 convolution ->
   average pooling) and the stem (BatchNorm -> ReLU -> max pooling).
+- `tensorflow_ops.py`: what the TensorFlow kernels share (convolution
+  gradients without the forward convolution, BatchNorm's gradient in one
+  op on a CPU, the `tf.distribute` replica sum).
 - `size_checks.py`: run-time size checks of the cropping and padding ops
   (TensorFlow graphs need an assertion op; why is said there).
 """

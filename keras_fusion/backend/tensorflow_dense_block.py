@@ -42,10 +42,10 @@ the tests check to 1e-5 relative (gradients) and 1e-6 (statistics):
   backward pass applies the same stateless mask to the gradient.
 """
 
-import keras
 import tensorflow as tf
 
 from keras_fusion.backend import batch_norm_relu
+from keras_fusion.backend import tensorflow_ops
 
 # The kernel works in channels_last.
 _AXIS = -1
@@ -62,12 +62,12 @@ def recomputing_dense_block(spec, inputs):
     """
     channels_first = spec.data_format == "channels_first"
     rank = len(inputs.shape)
-    to_last, to_first = _permutations(rank)
+    to_last, to_first = tensorflow_ops.permutations(rank)
     x = tf.transpose(inputs, to_last) if channels_first else inputs
     seeds = [
         None
         if layer.dropout_seed is None
-        else _cast_seed(layer.dropout_seed.next())
+        else tensorflow_ops.cast_seed(layer.dropout_seed.next())
         for layer in spec.layers
     ]
     kernel = _DenseBlockKernel(spec, seeds)
@@ -117,7 +117,7 @@ class _DenseBlockKernel:
             return x
         # Drawn in the layout the plain block's Dropout sees, so that the
         # same seed gives the same mask.
-        to_last, to_first = _permutations(len(x.shape))
+        to_last, to_first = tensorflow_ops.permutations(len(x.shape))
         if self.channels_first:
             x = tf.transpose(x, to_first)
         x = tf.nn.experimental.stateless_dropout(
@@ -142,14 +142,14 @@ class _DenseBlockKernel:
             )
             moments += [mean, variance]
             if layer.has_bottleneck:
-                b = _conv(h, layer.kernel1)
+                b = tensorflow_ops.conv(h, layer.kernel1)
                 if self.spec.policy == "concat_bn":
                     bottlenecks.append(b)
                 h, mean, variance = batch_norm_relu.batch_norm_relu(
                     b, layer.gamma1, layer.beta1, axis, batch_norm
                 )
                 moments += [mean, variance]
-            f = self._dropout(_conv(h, layer.kernel2), index)
+            f = self._dropout(tensorflow_ops.conv(h, layer.kernel2), index)
             c = tf.concat([c, f], axis=_AXIS)
         outputs = c
 
@@ -204,7 +204,6 @@ class _DenseBlockKernel:
         gradients of its input and weights (in `weights()` order)."""
         batch_norm = self.spec.batch_norm
         axis = len(c.shape) - 1
-        all_reduce = _replica_sum() if batch_norm.synchronized else None
 
         def recompute(x, gamma, beta, moments):
             return batch_norm_relu.recompute_batch_norm_relu(
@@ -214,157 +213,28 @@ class _DenseBlockKernel:
         def backward(d_outputs, x, outputs, gamma, moments):
             # TensorFlow's fused ReLU gradient: one pass over the tensor.
             d_y = tf.raw_ops.ReluGrad(gradients=d_outputs, features=outputs)
-            if _fused_batch_norm_gradient_applies(x, batch_norm, all_reduce):
-                return _fused_batch_norm_gradient(
-                    d_y, x, gamma, *moments, batch_norm.epsilon
-                )
-            return batch_norm_relu.batch_norm_gradient(
-                d_y, x, gamma, *moments, axis, batch_norm, all_reduce
+            return tensorflow_ops.batch_norm_gradient(
+                d_y, x, gamma, *moments, axis, batch_norm
             )
 
         moments0, moments1 = statistics[:2], statistics[2:]
         h1 = recompute(c, layer.gamma0, layer.beta0, moments0)
         if not layer.has_bottleneck:
-            d_kernel2, d_h1 = _conv_backprop(h1, layer.kernel2, d_f)
+            d_kernel2, d_h1 = tensorflow_ops.conv_backprop(
+                h1, layer.kernel2, d_f
+            )
             d_c, d_gamma0, d_beta0 = backward(
                 d_h1, c, h1, layer.gamma0, moments0
             )
             return d_c, [d_gamma0, d_beta0, d_kernel2]
-        b = _conv(h1, layer.kernel1) if stored_b is None else stored_b
+        b = (
+            tensorflow_ops.conv(h1, layer.kernel1)
+            if stored_b is None
+            else stored_b
+        )
         h2 = recompute(b, layer.gamma1, layer.beta1, moments1)
-        d_kernel2, d_h2 = _conv_backprop(h2, layer.kernel2, d_f)
+        d_kernel2, d_h2 = tensorflow_ops.conv_backprop(h2, layer.kernel2, d_f)
         d_b, d_gamma1, d_beta1 = backward(d_h2, b, h2, layer.gamma1, moments1)
-        d_kernel1, d_h1 = _conv_backprop(h1, layer.kernel1, d_b)
+        d_kernel1, d_h1 = tensorflow_ops.conv_backprop(h1, layer.kernel1, d_b)
         d_c, d_gamma0, d_beta0 = backward(d_h1, c, h1, layer.gamma0, moments0)
         return d_c, [d_gamma0, d_beta0, d_kernel1, d_gamma1, d_beta1, d_kernel2]
-
-
-def _fused_batch_norm_gradient_applies(x, batch_norm, all_reduce):
-    """Whether `_fused_batch_norm_gradient` computes BatchNorm's gradient
-    here: not for a BatchNorm synchronized over replicas (its sums must be
-    the global batch's), not for float64 (the op has no such kernel), and
-    not where a GPU may run the op (cuDNN's kernel takes the inverse
-    variance where the CPU kernels take the variance)."""
-    if batch_norm.synchronized and all_reduce is not None:
-        return False
-    if x.dtype not in (tf.float32, tf.float16, tf.bfloat16):
-        return False
-    return not tf.config.list_logical_devices("GPU")
-
-
-def _fused_batch_norm_gradient(d_y, x, gamma, mean, variance, epsilon):
-    """`batch_norm_relu.batch_norm_gradient` (channels last, per replica)
-    in one op: TensorFlow's `FusedBatchNormGradV3` CPU kernel (Eigen, or
-    oneDNN where it is on) reads `x` and `d_y` once and allocates nothing
-    besides `d_x`, where the element-wise ops allocate two temporaries of
-    `x`'s size and pass over it five times. It computes the same analytic
-    gradient from the same batch statistics (the forward pass's), summed in
-    another order; the tests compare it with `batch_norm_gradient`."""
-    shape = tf.shape(x)
-    channels = x.shape[-1]
-    # Any rank as 4D NHWC: the statistics are over every axis but the last.
-    as_4d = [shape[0], 1, -1, channels]
-    d_x, d_gamma, d_beta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-        y_backprop=tf.reshape(d_y, as_4d),
-        x=tf.reshape(x, as_4d),
-        scale=tf.cast(gamma, mean.dtype),
-        reserve_space_1=mean,
-        reserve_space_2=variance,
-        reserve_space_3=tf.zeros([0], mean.dtype),
-        epsilon=epsilon,
-        data_format="NHWC",
-        is_training=True,
-    )
-    return tf.reshape(d_x, shape), d_gamma, d_beta
-
-
-def _replica_sum():
-    """Sum over the replicas of the current `tf.distribute` replica
-    context, or `None` outside one."""
-    replica = tf.distribute.get_replica_context()
-    if replica is None:
-        return None
-    return lambda value: replica.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-def _permutations(rank):
-    to_last = [0, *range(2, rank), 1]
-    to_first = [0, rank - 1, *range(1, rank - 1)]
-    return to_last, to_first
-
-
-def _cast_seed(seed):
-    # As keras's TensorFlow backend does before every stateless draw.
-    if keras.backend.standardize_dtype(seed.dtype) == "int32":
-        return seed
-    return tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
-
-
-def _padding(kernel_shape):
-    # A 1x1 kernel pads nothing, and TensorFlow's CPU kernels run 'VALID'
-    # 1x1 backprops about twice as fast as 'SAME' ones.
-    return "VALID" if all(k == 1 for k in kernel_shape[:-2]) else "SAME"
-
-
-def _conv_backprop(inputs, kernel, d_outputs):
-    """Gradients of a stride-1 convolution of `inputs` with `kernel`, with
-    respect to the kernel and the inputs, from its outputs' gradient."""
-    d_kernel = _conv_backprop_filter(inputs, d_outputs, kernel.shape)
-    # The kernel's gradient first: the last reader of `inputs` is then the
-    # ReLU gradient after this, which frees it before the input gradient's
-    # BatchNorm gradient allocates.
-    with tf.control_dependencies([d_kernel]):
-        d_inputs = _conv_backprop_input(tf.shape(inputs), kernel, d_outputs)
-    return d_kernel, d_inputs
-
-
-def _conv_backprop_input(input_shape, kernel, d_outputs):
-    """Gradient of a stride-1 'same' convolution with respect to its input."""
-    return tf.nn.conv_transpose(
-        d_outputs,
-        kernel,
-        output_shape=input_shape,
-        strides=1,
-        padding=_padding(kernel.shape),
-    )
-
-
-def _conv_backprop_filter(inputs, d_outputs, kernel_shape):
-    """Gradient of a stride-1 'same' convolution with respect to its kernel."""
-    rank = len(inputs.shape)
-    if rank == 3:
-        # Conv1D runs as a 2D convolution of height 1, as tf.nn.convolution
-        # does.
-        d_kernel = tf.raw_ops.Conv2DBackpropFilter(
-            input=inputs[:, None],
-            filter_sizes=[1, *kernel_shape],
-            out_backprop=d_outputs[:, None],
-            strides=[1, 1, 1, 1],
-            padding=_padding(kernel_shape),
-        )
-        return d_kernel[0]
-    if rank == 4:
-        return tf.raw_ops.Conv2DBackpropFilter(
-            input=inputs,
-            filter_sizes=list(kernel_shape),
-            out_backprop=d_outputs,
-            strides=[1, 1, 1, 1],
-            padding=_padding(kernel_shape),
-        )
-    return tf.raw_ops.Conv3DBackpropFilterV2(
-        input=inputs,
-        filter_sizes=list(kernel_shape),
-        out_backprop=d_outputs,
-        strides=[1, 1, 1, 1, 1],
-        padding=_padding(kernel_shape),
-    )
-
-
-def _conv(inputs, kernel):
-    # The op keras.layers.Conv*D runs, with the block's paddings.
-    return keras.ops.conv(
-        inputs,
-        kernel,
-        padding=_padding(kernel.shape).lower(),
-        data_format="channels_last",
-    )

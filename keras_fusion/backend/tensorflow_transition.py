@@ -43,7 +43,7 @@ from keras_fusion.backend import batch_norm_relu
 
 # The dense block's kernel's helpers (convolution gradients, BatchNorm's
 # one-op gradient, the replica sum, the layout permutations), shared.
-from keras_fusion.backend import tensorflow_dense_block as dense_block
+from keras_fusion.backend import tensorflow_ops
 
 # The stem's zero padding and max pooling, as keras.applications.densenet
 # builds them (ZeroPadding2D(1), MaxPooling2D(3, strides=2)).
@@ -90,10 +90,10 @@ def recomputing_transition(
                 x_again, gamma, beta, mean, variance, axis, batch_norm
             )
             d_conv = _average_pool_gradient(d_outputs, tf.shape(x_again))
-            d_kernel, d_h = dense_block._conv_backprop(h, kernel, d_conv)
+            d_kernel, d_h = tensorflow_ops.conv_backprop(h, kernel, d_conv)
             # TensorFlow's fused ReLU gradient: one pass over the tensor.
             d_y = tf.raw_ops.ReluGrad(gradients=d_h, features=h)
-            d_x, d_gamma, d_beta = _batch_norm_gradient(
+            d_x, d_gamma, d_beta = tensorflow_ops.batch_norm_gradient(
                 d_y, x_again, gamma, mean, variance, axis, batch_norm
             )
             return d_x, d_gamma, d_beta, d_kernel
@@ -148,7 +148,7 @@ def recomputing_stem(inputs, gamma, beta, batch_norm, data_format):
             # sliced off after it), so that the unpadded ReLU output need
             # not stay alive beside the padded one.
             d_y = tf.raw_ops.ReluGrad(gradients=d_padded, features=padded)
-            return _batch_norm_gradient(
+            return tensorflow_ops.batch_norm_gradient(
                 d_y[:, 1:-1, 1:-1, :],
                 x_again,
                 gamma,
@@ -168,7 +168,7 @@ def _in_channels_last(kernel_fn, inputs, data_format, *weights):
     variance) on `inputs` transposed to channels_last, its outputs
     transposed back."""
     channels_first = data_format == "channels_first"
-    to_last, to_first = dense_block._permutations(len(inputs.shape))
+    to_last, to_first = tensorflow_ops.permutations(len(inputs.shape))
     x = tf.transpose(inputs, to_last) if channels_first else inputs
     outputs, mean, variance = kernel_fn(x, *weights)
     if channels_first:
@@ -183,19 +183,6 @@ def _after(d_outputs, x):
     BatchNorm-ReLU, which would keep that alive instead."""
     with tf.control_dependencies([d_outputs]):
         return tf.identity(x)
-
-
-def _batch_norm_gradient(d_y, x, gamma, mean, variance, axis, spec):
-    """Gradients of BatchNorm(x) with respect to x, gamma and beta, from
-    `d_y`, as the dense block's kernel computes them."""
-    all_reduce = dense_block._replica_sum() if spec.synchronized else None
-    if dense_block._fused_batch_norm_gradient_applies(x, spec, all_reduce):
-        return dense_block._fused_batch_norm_gradient(
-            d_y, x, gamma, mean, variance, spec.epsilon
-        )
-    return batch_norm_relu.batch_norm_gradient(
-        d_y, x, gamma, mean, variance, axis, spec, all_reduce
-    )
 
 
 def _average_pool_gradient(d_outputs, input_shape):

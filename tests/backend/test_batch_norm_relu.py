@@ -154,7 +154,7 @@ def test_tensorflow_fused_gradient_equals_batch_norm_gradient(shape, dtype):
     # statistics; the CPU kernel is Eigen's or oneDNN's, as the machine has.
     import tensorflow as tf
 
-    from keras_fusion.backend import tensorflow_dense_block
+    from keras_fusion.backend import tensorflow_ops
 
     rng = np.random.default_rng(5)
     x = tf.constant(rng.standard_normal(shape) * 3 + 1, dtype)
@@ -164,10 +164,10 @@ def test_tensorflow_fused_gradient_equals_batch_norm_gradient(shape, dtype):
     _, mean, variance = batch_norm_relu.batch_norm_relu(
         x, gamma, tf.zeros_like(gamma), axis, SPEC
     )
-    assert tensorflow_dense_block._fused_batch_norm_gradient_applies(
-        x, SPEC, None
-    ) == (not tf.config.list_logical_devices("GPU"))
-    fused = tensorflow_dense_block._fused_batch_norm_gradient(
+    assert tensorflow_ops.fused_batch_norm_gradient_applies(x, SPEC, None) == (
+        not tf.config.list_logical_devices("GPU")
+    )
+    fused = tensorflow_ops.fused_batch_norm_gradient(
         d_y, x, gamma, mean, variance, SPEC.epsilon
     )
     expected = batch_norm_relu.batch_norm_gradient(
