@@ -41,8 +41,8 @@ import tensorflow as tf
 
 from keras_fusion.backend import batch_norm_relu
 
-# The dense block's kernel's helpers (convolution gradients, BatchNorm's
-# one-op gradient, the replica sum, the layout permutations), shared.
+# Shared with the dense block's kernel: convolution gradients, BatchNorm's
+# one-op gradient, the replica sum, the layout permutations.
 from keras_fusion.backend import tensorflow_ops
 
 # The stem's zero padding and max pooling, as keras.applications.densenet
