@@ -19,6 +19,24 @@ tensorflow_only = pytest.mark.backends(
 )
 
 
+def record_recomputations(monkeypatch):
+    """The input shapes of every BatchNorm-ReLU a recomputing kernel
+    recomputes, in call order: a list that grows as
+    `batch_norm_relu.recompute_batch_norm_relu` (which every kernel calls
+    for it) runs, observed from outside the kernels."""
+    from keras_fusion.backend import batch_norm_relu
+
+    shapes = []
+    recompute = batch_norm_relu.recompute_batch_norm_relu
+
+    def recording(x, *args):
+        shapes.append(tuple(x.shape))
+        return recompute(x, *args)
+
+    monkeypatch.setattr(batch_norm_relu, "recompute_batch_norm_relu", recording)
+    return shapes
+
+
 def to_numpy(value):
     """A tensor, variable or array as a NumPy array, on every backend
     (`np.asarray` fails on PyTorch tensors that require gradients)."""

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fusion.backend import batch_norm_relu
 from keras_fusion.layers._densenet_stem import DenseNetStem
+from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
@@ -167,14 +167,7 @@ def test_moving_statistics_update_once_per_step():
 
 @tensorflow_only
 def test_backward_pass_recomputes_batch_norm_relu(monkeypatch):
-    recomputed = []
-    recompute = batch_norm_relu.recompute_batch_norm_relu
-
-    def counting(x, *args):
-        recomputed.append(tuple(x.shape))
-        return recompute(x, *args)
-
-    monkeypatch.setattr(batch_norm_relu, "recompute_batch_norm_relu", counting)
+    recomputed = record_recomputations(monkeypatch)
     _, ours = _pair((2, 8, 8, 4))
     x = make_inputs((2, 8, 8, 4), seed=6)
     ours(x, training=True)

@@ -6,8 +6,8 @@ import pytest
 
 from benchmarks.reference_densenet import transition_block
 from keras_fusion import TransitionBlock
-from keras_fusion.backend import batch_norm_relu
 from tests.backend_utils import BACKEND
+from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
@@ -327,14 +327,7 @@ def test_recompute_fit_matches_the_plain_block(jit_compile):
 def test_recompute_backward_pass_recomputes_batch_norm_relu(monkeypatch):
     # Observed from outside: the kernel's recomputation goes through the
     # shared function, counted here by a wrapper.
-    recomputed = []
-    recompute = batch_norm_relu.recompute_batch_norm_relu
-
-    def counting(x, *args):
-        recomputed.append(tuple(x.shape))
-        return recompute(x, *args)
-
-    monkeypatch.setattr(batch_norm_relu, "recompute_batch_norm_relu", counting)
+    recomputed = record_recomputations(monkeypatch)
     _, ours = _pair((2, 6, 6, 8))
     x = make_inputs((2, 6, 6, 8), seed=8)
     ours(x, training=True)

@@ -7,7 +7,6 @@ import pytest
 
 from keras_fusion import MemoryEfficientDenseBlock
 from keras_fusion import TransitionBlock
-from keras_fusion.backend import batch_norm_relu
 from keras_fusion.layers._densenet_stem import DenseNetStem
 from keras_fusion.models import DenseNet
 from keras_fusion.models import DenseNet121
@@ -17,6 +16,7 @@ from keras_fusion.models import DenseNet264
 from keras_fusion.models import DenseNetBC
 from keras_fusion.models import copy_keras_application_weights
 from keras_fusion.models import from_keras_application
+from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
@@ -460,14 +460,7 @@ def test_recompute_switches_the_stem_and_the_transitions():
 def test_training_step_recomputes_the_stem_and_the_transitions(monkeypatch):
     # Every recomputation of BatchNorm-ReLU goes through the shared
     # function, counted here by the shape of its input.
-    recomputed = []
-    recompute = batch_norm_relu.recompute_batch_norm_relu
-
-    def counting(x, *args):
-        recomputed.append(tuple(x.shape))
-        return recompute(x, *args)
-
-    monkeypatch.setattr(batch_norm_relu, "recompute_batch_norm_relu", counting)
+    recomputed = record_recomputations(monkeypatch)
     model = _small_densenet(True)
     x = np.random.default_rng(3).normal(size=(2, *SHAPE)).astype("float32")
     _training_step(model, x)
