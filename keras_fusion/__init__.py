@@ -12,6 +12,7 @@ from keras_fusion import ops  # noqa: E402
 from keras_fusion.layers import CropAndConcat  # noqa: E402
 from keras_fusion.layers import FusionSelector  # noqa: E402
 from keras_fusion.layers import MemoryEfficientDenseBlock  # noqa: E402
+from keras_fusion.layers import Recompute  # noqa: E402
 from keras_fusion.layers import TransitionBlock  # noqa: E402
 from keras_fusion.layers import WeightedAdd  # noqa: E402
 
@@ -21,6 +22,7 @@ __all__ = [
     "CropAndConcat",
     "FusionSelector",
     "MemoryEfficientDenseBlock",
+    "Recompute",
     "TransitionBlock",
     "WeightedAdd",
     "ops",

@@ -7,6 +7,7 @@ from keras_fusion.layers import _densenet_stem  # noqa: F401
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.fusion_selector import FusionSelector
+from keras_fusion.layers.recompute import Recompute
 from keras_fusion.layers.transition_block import TransitionBlock
 from keras_fusion.layers.weighted_add import WeightedAdd
 
@@ -14,6 +15,7 @@ __all__ = [
     "CropAndConcat",
     "FusionSelector",
     "MemoryEfficientDenseBlock",
+    "Recompute",
     "TransitionBlock",
     "WeightedAdd",
 ]
