@@ -9,6 +9,7 @@ TensorFlow step would.
 """
 
 import keras
+import numpy as np
 import pytest
 from keras import ops
 
@@ -41,6 +42,16 @@ def to_numpy(value):
     """A tensor, variable or array as a NumPy array, on every backend
     (`np.asarray` fails on PyTorch tensors that require gradients)."""
     return keras.ops.convert_to_numpy(value)
+
+
+def assert_same_variables(mine, reference, atol=1e-6):
+    """Two lists of variables (weights, moving statistics, seed states)
+    agree: floats to `atol`, integers (seed states) exactly."""
+    assert len(mine) == len(reference)
+    for a, b in zip(mine, reference, strict=True):
+        np.testing.assert_allclose(
+            to_numpy(a), to_numpy(b), rtol=0, atol=atol, err_msg=b.path
+        )
 
 
 def weighted_loss(y):
@@ -132,4 +143,6 @@ def _torch(layer, x, loss_fn):
     loss_fn(y).backward()
     d_x = [a.grad for a in x] if isinstance(x, list) else x.grad
     grads = [d_x, *(v.value.grad for v in layer.trainable_variables)]
-    return _numpy(y.detach()), _numpy(grads)
+    return _numpy(keras.tree.map_structure(lambda t: t.detach(), y)), _numpy(
+        grads
+    )

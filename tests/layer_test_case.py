@@ -86,7 +86,7 @@ def run_layer_test(
         atol: tolerance of the XLA comparison.
     """
     keras.utils.set_random_seed(0)
-    layer = layer_cls(**init_kwargs)
+    layer = _construct(layer_cls, init_kwargs)
     _check_config(layer_cls, layer, init_kwargs)
 
     data = make_inputs(input_shape)
@@ -108,7 +108,8 @@ def run_layer_test(
     _check_shapes(layer_cls, init_kwargs, input_shape, data_format, layer)
 
     model = _functional_model(
-        layer_cls(**init_kwargs), _dynamic_shapes(input_shape, data_format)
+        _construct(layer_cls, init_kwargs),
+        _dynamic_shapes(input_shape, data_format),
     )
     reference = to_numpy(model(data, training=False))
 
@@ -127,7 +128,7 @@ def run_export_test(layer_cls, init_kwargs, input_shape, tmp_path, atol=1e-6):
     exported with `model.export()` and served by `tf.saved_model.load`
     in a process that never imports keras_fusion, gives its outputs."""
     keras.utils.set_random_seed(0)
-    layer = layer_cls(**init_kwargs)
+    layer = _construct(layer_cls, init_kwargs)
     data_format = getattr(layer, "data_format", "channels_last")
     model = _functional_model(layer, _dynamic_shapes(input_shape, data_format))
     data = make_inputs(input_shape)
@@ -240,6 +241,23 @@ def float16_kernels_run(rank, data_format, pooling=False):
     return True
 
 
+def _construct(layer_cls, init_kwargs):
+    """A new layer; a layer among the arguments (the block a wrapper such
+    as `Recompute` takes) is rebuilt from its config each time, so that no
+    two layers under test share weights."""
+    return layer_cls(
+        **{name: _fresh(value) for name, value in init_kwargs.items()}
+    )
+
+
+def _fresh(value):
+    if isinstance(value, keras.layers.Layer):
+        return keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(value)
+        )
+    return value
+
+
 def _is_multi(input_shape):
     return isinstance(input_shape[0], (list, tuple))
 
@@ -283,6 +301,8 @@ def _check_config(layer_cls, layer, init_kwargs):
     config = layer.get_config()
     for name, value in init_kwargs.items():
         assert name in config, f"constructor argument {name!r} not in config"
+        if isinstance(value, keras.layers.Layer):
+            value = keras.saving.serialize_keras_object(value)
         if name != "dtype":
             assert _json(config[name]) == _json(value), (
                 f"config[{name!r}]={config[name]!r}, constructed with {value!r}"
@@ -310,7 +330,7 @@ def _check_shapes(layer_cls, init_kwargs, input_shape, data_format, layer):
         _with_batch(input_shape, None),
         _dynamic_shapes(input_shape, data_format),
     ):
-        symbolic_layer = layer_cls(**init_kwargs)
+        symbolic_layer = _construct(layer_cls, init_kwargs)
         outputs = symbolic_layer(_symbolic_inputs(shapes))
         expected = symbolic_layer.compute_output_shape(shapes)
         assert tuple(outputs.shape) == tuple(expected), (
@@ -356,7 +376,7 @@ def _check_fit(model, data, reference):
 
 def _check_mixed_precision(layer_cls, init_kwargs, input_shape, data):
     kwargs = {**init_kwargs, "dtype": "mixed_float16"}
-    layer = layer_cls(**kwargs)
+    layer = _construct(layer_cls, kwargs)
     output = layer(data)
     assert keras.backend.standardize_dtype(output.dtype) == "float16"
     for variable in layer.variables:
@@ -367,7 +387,7 @@ def _check_mixed_precision(layer_cls, init_kwargs, input_shape, data):
             "mixed_float16, expected float32"
         )
     model = _functional_model(
-        layer_cls(**kwargs), _with_batch(input_shape, None)
+        _construct(layer_cls, kwargs), _with_batch(input_shape, None)
     )
     target = np.zeros(output.shape, dtype="float32")
     _fit_one_step(model, data, target)
@@ -377,7 +397,8 @@ def _check_jit_compile(
     layer_cls, init_kwargs, input_shape, data_format, data, atol
 ):
     model = _functional_model(
-        layer_cls(**init_kwargs), _dynamic_shapes(input_shape, data_format)
+        _construct(layer_cls, init_kwargs),
+        _dynamic_shapes(input_shape, data_format),
     )
     eager = to_numpy(model(data, training=False))
     model.compile(jit_compile=True)

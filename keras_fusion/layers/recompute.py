@@ -1,3 +1,4 @@
+import copy
 import inspect
 
 import keras
@@ -127,6 +128,17 @@ class Recompute(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # `keras.layers.Wrapper.from_config` pops the block out of the
+        # caller's dict, and deserializing a functional block empties its
+        # config; this leaves the caller's config as it was.
+        config = copy.deepcopy(config)
+        layer = keras.saving.deserialize_keras_object(
+            config.pop("layer"), custom_objects=custom_objects
+        )
+        return cls(layer, **config)
 
     def _recomputing_call(self, inputs):
         if keras.backend.backend() == "tensorflow":

@@ -7,9 +7,14 @@ Reference:
 
 import keras
 
+from keras_fusion._internal.checks import channel_axis
+from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_positive_int
+from keras_fusion._internal.checks import check_real
+from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
+from keras_fusion.layers.recompute import Recompute
 from keras_fusion.models._inputs_and_heads import image_input_shape
 from keras_fusion.models._inputs_and_heads import model_input
 from keras_fusion.models._inputs_and_heads import source_inputs
@@ -76,6 +81,9 @@ def UNet(
     num_levels=4,
     filters=64,
     classifier_activation=None,
+    batch_norm=False,
+    dropout_rate=0.0,
+    recompute=False,
     data_format=None,
     input_tensor=None,
     name="unet",
@@ -88,12 +96,32 @@ def UNet(
     convolutions; a 1x1 convolution maps to `classes` channels. With the
     paper's 572x572 input the output is 388x388 (see `unet_level_sizes`).
 
+    With `recompute=True` the model keeps only each level's inputs and
+    outputs (what the skips and the next level need) for the backward
+    pass, and recomputes each level's forward pass there: each level is a
+    functional sub-model wrapped in `keras_fusion.Recompute`. Outputs,
+    gradients and BatchNorm moving statistics equal those of the plain
+    model, whose weights it takes in the same order; the price is one more
+    forward pass per training step (see
+    `benchmarks/results/unet_memory.md`).
+
     Example:
 
     >>> from keras_fusion.models import UNet
     >>> model = UNet(input_shape=(572, 572, 1), filters=4)
     >>> model.output_shape
     (None, 388, 388, 2)
+    >>> recomputing = UNet(
+    ...     input_shape=(572, 572, 1),
+    ...     filters=4,
+    ...     batch_norm=True,
+    ...     dropout_rate=0.5,
+    ...     recompute=True,
+    ... )
+    >>> recomputing.output_shape
+    (None, 388, 388, 2)
+    >>> [layer.name for layer in recomputing.layers[1:4]]
+    ['encoder0_recompute', 'encoder0_pool', 'encoder1_recompute']
 
     Args:
         input_shape: the input shape without the batch axis, channels where
@@ -109,6 +137,15 @@ def UNet(
             below it; 64 in the paper, smaller for fast experiments.
         classifier_activation: the activation of the final 1x1 convolution;
             `None` (the default) gives logits.
+        batch_norm: whether each 3x3 convolution (then without a bias) is
+            followed by a `keras.layers.BatchNormalization`, with Keras's
+            default momentum and epsilon, before its ReLU. `False` (the
+            default) gives the paper's convolutions with bias and ReLU.
+        dropout_rate: the rate of a dropout after the bottleneck's second
+            convolution, the end of the contracting path, as in the paper;
+            a float in [0, 1). `0.0` (the default) adds no dropout layer.
+        recompute: whether each level recomputes its forward pass in the
+            backward pass instead of keeping its activations (see above).
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         input_tensor: optional tensor to use as the model's input.
@@ -125,10 +162,19 @@ def UNet(
         each spatial size shrinks as `unet_level_sizes` computes.
 
     Returns:
-        A `keras.Model`. Its layers are named `encoder{i}_conv{1,2}`,
-        `encoder{i}_pool`, `bottleneck_conv{1,2}`, `decoder{i}_upconv`,
+        A `keras.Model`, with level `i = 0` the shallowest. Its layers are
+        named `encoder{i}_conv{1,2}`, `encoder{i}_pool`,
+        `bottleneck_conv{1,2}`, `decoder{i}_upconv`,
         `decoder{i}_crop_and_concat`, `decoder{i}_conv{1,2}` and
-        `output_conv`, with level `i = 0` the shallowest.
+        `output_conv`; with `batch_norm`, each convolution `{level}_conv{k}`
+        is followed by `{level}_bn{k}` and `{level}_relu{k}`; with
+        `dropout_rate`, `bottleneck_conv2` (or `bottleneck_relu2`) by
+        `bottleneck_dropout`. With `recompute`, the layers of each level
+        (all but the poolings and `output_conv`) sit, under the same
+        names, in a sub-model `encoder{i}`, `bottleneck` or `decoder{i}`
+        (which takes `[skip, below]`), wrapped in a `Recompute` layer named
+        `encoder{i}_recompute`, `bottleneck_recompute` or
+        `decoder{i}_recompute` in the model.
 
     Reference:
     - [U-Net: Convolutional Networks for Biomedical Image Segmentation](
@@ -138,6 +184,11 @@ def UNet(
     num_levels = check_positive_int(num_levels, "num_levels")
     filters = check_positive_int(filters, "filters")
     classes = check_positive_int(classes, "classes")
+    batch_norm = check_bool(batch_norm, "batch_norm")
+    dropout_rate = check_real(
+        dropout_rate, "dropout_rate", "a float in [0, 1)", lambda v: 0 <= v < 1
+    )
+    recompute = check_bool(recompute, "recompute")
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     input_shape = image_input_shape(input_shape, (572, 572, 1), data_format)
@@ -153,44 +204,84 @@ def UNet(
                 f"Received: input_shape={input_shape!r}"
             )
 
-    def conv(x, width, name):
-        return keras.layers.Conv2D(
+    def conv(x, width, prefix, k):
+        name = f"{prefix}_conv{k}"
+        if not batch_norm:
+            return keras.layers.Conv2D(
+                width,
+                3,
+                padding="valid",
+                activation="relu",
+                kernel_initializer="he_normal",
+                data_format=data_format,
+                name=name,
+            )(x)
+        x = keras.layers.Conv2D(
             width,
             3,
             padding="valid",
-            activation="relu",
+            use_bias=False,
             kernel_initializer="he_normal",
             data_format=data_format,
             name=name,
         )(x)
-
-    inputs = model_input(input_tensor, input_shape)
-    x = inputs
-    skips = []
-    for level in range(num_levels):
-        width = filters * 2**level
-        x = conv(x, width, f"encoder{level}_conv1")
-        x = conv(x, width, f"encoder{level}_conv2")
-        skips.append(x)
-        x = keras.layers.MaxPooling2D(
-            2, data_format=data_format, name=f"encoder{level}_pool"
+        x = keras.layers.BatchNormalization(
+            axis=channel_axis(4, data_format), name=f"{prefix}_bn{k}"
         )(x)
-    x = conv(x, filters * 2**num_levels, "bottleneck_conv1")
-    x = conv(x, filters * 2**num_levels, "bottleneck_conv2")
-    for level in reversed(range(num_levels)):
-        width = filters * 2**level
+        return keras.layers.ReLU(name=f"{prefix}_relu{k}")(x)
+
+    def two_convs(x, width, prefix):
+        return conv(conv(x, width, prefix, 1), width, prefix, 2)
+
+    def bottleneck(x, width, prefix):
+        x = two_convs(x, width, prefix)
+        if dropout_rate:
+            x = keras.layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(x)
+        return x
+
+    def decoder(inputs, width, prefix):
+        skip, below = inputs
         x = keras.layers.Conv2DTranspose(
             width,
             2,
             strides=2,
             data_format=data_format,
-            name=f"decoder{level}_upconv",
-        )(x)
+            name=f"{prefix}_upconv",
+        )(below)
         x = CropAndConcat(
-            data_format=data_format, name=f"decoder{level}_crop_and_concat"
-        )([skips[level], x])
-        x = conv(x, width, f"decoder{level}_conv1")
-        x = conv(x, width, f"decoder{level}_conv2")
+            data_format=data_format, name=f"{prefix}_crop_and_concat"
+        )([skip, x])
+        return two_convs(x, width, prefix)
+
+    def level(build, inputs, width, prefix):
+        """`build`'s layers applied to `inputs`: in the model's graph, or
+        with `recompute` in a sub-model named `prefix` (for any spatial
+        size) wrapped in `Recompute`."""
+        if not recompute:
+            return build(inputs, width, prefix)
+        level_inputs = keras.tree.map_structure(
+            lambda x: keras.Input(
+                shape=_any_spatial_size(x.shape, data_format), dtype=x.dtype
+            ),
+            inputs,
+        )
+        sub_model = keras.Model(
+            level_inputs, build(level_inputs, width, prefix), name=prefix
+        )
+        return Recompute(sub_model, name=f"{prefix}_recompute")(inputs)
+
+    inputs = model_input(input_tensor, input_shape)
+    x = inputs
+    skips = []
+    for i in range(num_levels):
+        x = level(two_convs, x, filters * 2**i, f"encoder{i}")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(
+            2, data_format=data_format, name=f"encoder{i}_pool"
+        )(x)
+    x = level(bottleneck, x, filters * 2**num_levels, "bottleneck")
+    for i in reversed(range(num_levels)):
+        x = level(decoder, [skips[i], x], filters * 2**i, f"decoder{i}")
     outputs = keras.layers.Conv2D(
         classes,
         1,
@@ -199,3 +290,11 @@ def UNet(
         name="output_conv",
     )(x)
     return keras.Model(source_inputs(input_tensor, inputs), outputs, name=name)
+
+
+def _any_spatial_size(shape, data_format):
+    """A feature map's shape without the batch axis, spatial sizes `None`."""
+    shape = list(shape[1:])
+    for axis in spatial_axes(len(shape) + 1, data_format):
+        shape[axis - 1] = None
+    return tuple(shape)

@@ -21,6 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_fusion import FusionSelector  # noqa: E402
 from keras_fusion import MemoryEfficientDenseBlock  # noqa: E402
+from keras_fusion import Recompute  # noqa: E402
 from keras_fusion.models import DenseNet  # noqa: E402
 from keras_fusion.models import DenseNetBC  # noqa: E402
 
@@ -55,6 +56,23 @@ def _fusion_selector_model(synchronized):
     return keras.Model(inputs, _head(x))
 
 
+def _recompute_model(synchronized):
+    # A level such as a U-Net's, recomputed: Keras's own synchronized
+    # BatchNormalization inside `Recompute`.
+    level = keras.Sequential(
+        [
+            keras.Input((8, 8, 6)),
+            keras.layers.Conv2D(5, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(synchronized=synchronized),
+            keras.layers.ReLU(),
+        ],
+        name="level",
+    )
+    inputs = keras.Input((8, 8, 6))
+    x = Recompute(level, name="recompute")(inputs)
+    return keras.Model(inputs, _head(x))
+
+
 MODELS = {
     "dense_block_full": (
         lambda s: _dense_block_model(s, "full"),
@@ -65,6 +83,7 @@ MODELS = {
         (8, 8, 6),
     ),
     "fusion_selector": (_fusion_selector_model, (8, 8, 6)),
+    "recompute": (_recompute_model, (8, 8, 6)),
     "densenet": (
         lambda s: DenseNet(
             (1, 2, 1, 1),
@@ -91,7 +110,12 @@ MODELS = {
 
 # Also trained without `synchronized`, to show that it matters (one model per
 # layer that creates BatchNormalizations).
-UNSYNCHRONIZED = ("dense_block_full", "fusion_selector", "densenet_bc")
+UNSYNCHRONIZED = (
+    "dense_block_full",
+    "fusion_selector",
+    "recompute",
+    "densenet_bc",
+)
 
 
 def _data(shape):

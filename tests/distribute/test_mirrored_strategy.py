@@ -32,6 +32,7 @@ MODELS = [
     "dense_block_full",
     "dense_block_concat_bn",
     "fusion_selector",
+    "recompute",
     "densenet",
     "densenet_bc",
 ]
@@ -83,7 +84,7 @@ def test_synchronized_moving_statistics_are_the_global_batchs(runs, model):
 
 
 @pytest.mark.parametrize(
-    "model", ["dense_block_full", "fusion_selector", "densenet_bc"]
+    "model", ["dense_block_full", "fusion_selector", "recompute", "densenet_bc"]
 )
 def test_unsynchronized_replicas_use_their_own_statistics(runs, model):
     local = runs[f"{model}/2/False"]

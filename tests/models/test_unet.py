@@ -3,10 +3,15 @@ import numpy as np
 import pytest
 
 from keras_fusion import CropAndConcat
+from keras_fusion import Recompute
 from keras_fusion.models import UNet
 from keras_fusion.models import unet_level_sizes
+from tests.backend_utils import assert_same_variables
+from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
+from tests.backend_utils import value_and_grads
 from tests.layer_test_case import check_distinct_initial_kernels
+from tests.layer_test_case import check_export
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 # Ronneberger et al. (2015), Fig. 1: the spatial size after each pair of
@@ -198,3 +203,312 @@ def test_unet_input_tensor_keeps_the_layers_before_it():
 def test_unet_checks_the_size_of_its_input_tensor():
     with pytest.raises(ValueError, match="too small.*size of 60"):
         UNet(input_tensor=keras.Input((60, 60, 1)))
+
+
+# A two-level U-Net small enough for a training step in seconds: 68x68
+# inputs give 28x28 outputs (`unet_level_sizes(68, 2)`).
+SMALL = {"input_shape": (68, 68, 1), "filters": 2, "num_levels": 2}
+SMALL_OUTPUT = 28
+# The prefixes of the two-level U-Net's convolution pairs, in graph order.
+SMALL_LEVELS = ["encoder0", "encoder1", "bottleneck", "decoder1", "decoder0"]
+
+
+def _images(seed, batch=2, shape=SMALL["input_shape"]):
+    return np.random.default_rng(seed).random((batch, *shape), "float32")
+
+
+def _fit_one_step(model, seed=0):
+    model.compile(optimizer="sgd", loss="mse")
+    images = _images(seed, shape=model.input_shape[1:])
+    targets = _images(seed + 1, shape=model.output_shape[1:])
+    history = model.fit(images, targets, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_unet_batch_norm_follows_each_convolution_with_bn_and_relu():
+    model = UNet(**SMALL, batch_norm=True)
+    for prefix in SMALL_LEVELS:
+        for k in (1, 2):
+            conv = model.get_layer(f"{prefix}_conv{k}")
+            bn = model.get_layer(f"{prefix}_bn{k}")
+            relu = model.get_layer(f"{prefix}_relu{k}")
+            assert not conv.use_bias
+            assert conv.activation is keras.activations.linear
+            assert isinstance(bn, keras.layers.BatchNormalization)
+            assert bn.axis == 3
+            assert isinstance(relu, keras.layers.ReLU)
+            assert bn.input is conv.output
+            assert relu.input is bn.output
+    num_convs = 2 * len(SMALL_LEVELS)
+    assert len(_layers_of_type(model, keras.layers.BatchNormalization)) == (
+        num_convs
+    )
+    assert model.output_shape == (None, SMALL_OUTPUT, SMALL_OUTPUT, 2)
+    _fit_one_step(model)
+
+
+def test_unet_without_batch_norm_keeps_the_papers_convolutions():
+    model = UNet(**SMALL)
+    assert not _layers_of_type(model, keras.layers.BatchNormalization)
+    assert not _layers_of_type(model, keras.layers.ReLU)
+    for prefix in SMALL_LEVELS:
+        for k in (1, 2):
+            conv = model.get_layer(f"{prefix}_conv{k}")
+            assert conv.use_bias
+            assert conv.activation is keras.activations.relu
+
+
+def test_unet_batch_norm_normalizes_the_channel_axis_of_channels_first():
+    model = UNet(
+        input_shape=(1, 68, 68),
+        filters=2,
+        num_levels=2,
+        batch_norm=True,
+        data_format="channels_first",
+    )
+    assert model.get_layer("encoder0_bn1").axis == 1
+    assert model.get_layer("decoder0_bn2").axis == 1
+
+
+def _layers_of_type(model, layer_type):
+    return [layer for layer in model.layers if isinstance(layer, layer_type)]
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_unet_dropout_ends_the_contracting_path(batch_norm):
+    model = UNet(**SMALL, batch_norm=batch_norm, dropout_rate=0.25)
+    dropout = model.get_layer("bottleneck_dropout")
+    assert isinstance(dropout, keras.layers.Dropout)
+    assert dropout.rate == 0.25
+    last = "bottleneck_relu2" if batch_norm else "bottleneck_conv2"
+    assert dropout.input is model.get_layer(last).output
+    assert model.get_layer("decoder1_upconv").input is dropout.output
+    assert _layers_of_type(model, keras.layers.Dropout) == [dropout]
+
+
+def test_unet_without_dropout_has_no_dropout_layer():
+    model = UNet(**SMALL, dropout_rate=0.0)
+    assert not _layers_of_type(model, keras.layers.Dropout)
+
+
+def test_unet_accepts_a_numpy_dropout_rate():
+    model = UNet(**SMALL, dropout_rate=np.float32(0.5))
+    rate = model.get_layer("bottleneck_dropout").rate
+    assert type(rate) is float and rate == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            {"dropout_rate": -0.1},
+            ValueError,
+            r"`dropout_rate` should be a float in \[0, 1\).*dropout_rate=-0.1",
+        ),
+        ({"dropout_rate": 1.0}, ValueError, r"\[0, 1\).*dropout_rate=1.0"),
+        ({"dropout_rate": "a"}, ValueError, "dropout_rate='a'"),
+        ({"dropout_rate": True}, ValueError, "dropout_rate=True"),
+        (
+            {"batch_norm": 1},
+            TypeError,
+            "`batch_norm` should be a bool.*batch_norm=1",
+        ),
+        (
+            {"batch_norm": "yes"},
+            TypeError,
+            "`batch_norm` should be a bool.*batch_norm='yes'",
+        ),
+        (
+            {"recompute": "full"},
+            TypeError,
+            "`recompute` should be a bool.*recompute='full'",
+        ),
+        ({"recompute": 0}, TypeError, "`recompute` should be a bool"),
+    ],
+)
+def test_unet_errors_if_an_option_is_invalid(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        UNet(**SMALL, **kwargs)
+
+
+def test_recomputing_unet_wraps_each_level_in_a_sub_model():
+    plain = UNet(**SMALL, batch_norm=True, dropout_rate=0.5)
+    model = UNet(**SMALL, batch_norm=True, dropout_rate=0.5, recompute=True)
+    assert [layer.name for layer in model.layers[1:]] == [
+        "encoder0_recompute",
+        "encoder0_pool",
+        "encoder1_recompute",
+        "encoder1_pool",
+        "bottleneck_recompute",
+        "decoder1_recompute",
+        "decoder0_recompute",
+        "output_conv",
+    ]
+    names_in_plain = [layer.name for layer in plain.layers]
+    for prefix in SMALL_LEVELS:
+        wrapper = model.get_layer(f"{prefix}_recompute")
+        assert isinstance(wrapper, Recompute)
+        level = wrapper.layer
+        assert isinstance(level, keras.Model)
+        assert level.name == prefix
+        names = [
+            layer.name
+            for layer in level.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+        ]
+        assert names == [
+            name
+            for name in names_in_plain
+            if name.startswith(f"{prefix}_") and not name.endswith("_pool")
+        ]
+        # Any spatial size: the same sub-model serves every input size.
+        for x in level.inputs:
+            assert tuple(x.shape[1:3]) == (None, None)
+    decoder = model.get_layer("decoder0_recompute").layer
+    assert [tuple(x.shape) for x in decoder.inputs] == [
+        (None, None, None, 2),
+        (None, None, None, 4),
+    ]
+    assert model.output_shape == plain.output_shape
+
+
+def _recomputing_and_plain(**kwargs):
+    """A recomputing U-Net and a plain one with the same arguments, the
+    recomputing one holding the plain one's variables: weights, moving
+    statistics and the dropout's seed state."""
+    keras.utils.set_random_seed(0)
+    plain = UNet(**kwargs)
+    keras.utils.set_random_seed(1)
+    ours = UNet(**kwargs, recompute=True)
+    assert [w.path for w in ours.weights] == [w.path for w in plain.weights]
+    ours.set_weights(plain.get_weights())
+    seeds = [v for v in ours.non_trainable_variables if "seed" in v.path]
+    plain_seeds = [v for v in plain.non_trainable_variables if "seed" in v.path]
+    for mine, reference in zip(seeds, plain_seeds, strict=True):
+        mine.assign(to_numpy(reference))
+    return ours, plain
+
+
+def test_recomputing_unet_predicts_as_the_plain_model():
+    ours, plain = _recomputing_and_plain(
+        **SMALL, batch_norm=True, dropout_rate=0.5
+    )
+    images = _images(5)
+    np.testing.assert_array_equal(
+        ours.predict(images, verbose=0), plain.predict(images, verbose=0)
+    )
+
+
+def test_recomputing_unet_trains_as_the_plain_model():
+    # Outputs (dropout masks included), gradients and moving statistics are
+    # the plain model's step after step. Both models take the plain model's
+    # SGD update, so that their weights stay equal and each step compares
+    # the same function.
+    ours, plain = _recomputing_and_plain(
+        **SMALL, batch_norm=True, dropout_rate=0.5
+    )
+    non_trainable = [v.path for v in plain.non_trainable_variables]
+    assert any("seed" in path for path in non_trainable)
+    optimizer = keras.optimizers.SGD(1e-3)
+    for step in range(3):
+        images = _images(6 + step)
+        y_plain, g_plain = value_and_grads(plain, images)
+        y_ours, g_ours = value_and_grads(ours, images)
+        np.testing.assert_allclose(y_ours, y_plain, rtol=1e-5, atol=1e-6)
+        paths = ["input"] + [w.path for w in plain.trainable_weights]
+        for mine, reference, path in zip(g_ours, g_plain, paths, strict=True):
+            scale = np.max(np.abs(reference))
+            np.testing.assert_allclose(
+                mine, reference, rtol=0, atol=1e-5 * scale, err_msg=path
+            )
+        # Updated once per step, seed states included.
+        assert_same_variables(
+            ours.non_trainable_variables, plain.non_trainable_variables
+        )
+        optimizer.apply(
+            [keras.ops.convert_to_tensor(g) for g in g_plain[1:]],
+            plain.trainable_variables,
+        )
+        ours.set_weights(plain.get_weights())
+
+
+def test_recomputing_unet_fits_as_the_plain_model():
+    # `fit` runs the compiled training step (tf.function, jax.jit).
+    ours, plain = _recomputing_and_plain(
+        **SMALL, batch_norm=True, dropout_rate=0.5
+    )
+    images = _images(7, batch=4)
+    masks = np.random.default_rng(7).integers(
+        0, 2, (4, SMALL_OUTPUT, SMALL_OUTPUT)
+    )
+    histories = []
+    for model in (plain, ours):
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        history = model.fit(
+            images, masks, batch_size=2, epochs=2, shuffle=False, verbose=0
+        )
+        histories.append(history.history["loss"])
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-6)
+    assert_same_variables(ours.variables, plain.variables)
+
+
+def _dynamic_recomputing_unet():
+    keras.utils.set_random_seed(0)
+    return UNet(
+        input_shape=(None, None, 1),
+        filters=2,
+        num_levels=2,
+        batch_norm=True,
+        dropout_rate=0.5,
+        recompute=True,
+    )
+
+
+def test_recomputing_unet_reloads_from_a_keras_file(tmp_path):
+    model = _dynamic_recomputing_unet()
+    images = _images(8)
+    reference = model.predict(images, verbose=0)
+    path = tmp_path / "unet.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("decoder0_recompute"), Recompute)
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), reference)
+
+
+@tensorflow_only
+def test_recomputing_unet_export_serves_without_keras_fusion(tmp_path):
+    model = _dynamic_recomputing_unet()
+    images = _images(9)
+    reference = to_numpy(model(images, training=False))
+    check_export(model, images, reference, tmp_path)
+
+
+def test_recomputing_unet_channels_first_matches_channels_last():
+    skip_unless_channels_first_convolution_runs()
+    kwargs = {
+        "filters": 2,
+        "num_levels": 2,
+        "batch_norm": True,
+        "recompute": True,
+    }
+    last = UNet(input_shape=(68, 68, 1), **kwargs)
+    first = UNet(
+        input_shape=(1, 68, 68), data_format="channels_first", **kwargs
+    )
+    decoder = first.get_layer("decoder0_recompute").layer
+    assert [tuple(x.shape) for x in decoder.inputs] == [
+        (None, 2, None, None),
+        (None, 4, None, None),
+    ]
+    first.set_weights(last.get_weights())
+    images = _images(10)
+    expected = to_numpy(last(images))
+    actual = to_numpy(first(np.transpose(images, (0, 3, 1, 2))))
+    np.testing.assert_allclose(
+        np.transpose(actual, (0, 2, 3, 1)), expected, atol=1e-5
+    )
+    assert first.output_shape == (None, 2, SMALL_OUTPUT, SMALL_OUTPUT)
+    _fit_one_step(first)
