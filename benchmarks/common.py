@@ -35,6 +35,29 @@ def run_worker(worker, args, timeout=1800):
         sys.exit(f"benchmark stopped: {error}")
 
 
+def sgd_training_step(model, x, loss_fn, y=None, learning_rate=0.01):
+    """The step every memory benchmark measures: a `tf.function` running
+    `model`'s forward pass on `x` in training mode, the gradients of
+    `loss_fn(y, outputs)` (`loss_fn(outputs)` when `y` is None) and an SGD
+    update. Returns `(step, optimizer)`; the optimizer is built."""
+    import keras
+    import tensorflow as tf
+
+    optimizer = keras.optimizers.SGD(learning_rate)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            outputs = model(x, training=True)
+            loss = loss_fn(outputs) if y is None else loss_fn(y, outputs)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    return train_step, optimizer
+
+
 def allocators(runs):
     """The allocators the runs measured, for the table's header: e.g.
     "oneDNN CPU allocator on CPU:0, oneDNN on"."""

@@ -32,6 +32,7 @@ from benchmarks.common import RESULTS_DIR
 from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import run_worker
+from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
 from keras_fusion.profiling import measure_step
 
@@ -68,22 +69,13 @@ def worker(implementation, num_layers, repeats):
             num_layers, GROWTH_RATE, recompute=implementation
         )(inputs)
     model = keras.Model(inputs, outputs)
-    optimizer = keras.optimizers.SGD(0.01)
-    optimizer.build(model.trainable_variables)
     x = tf.constant(
         np.random.default_rng(0).standard_normal((BATCH, SIZE, SIZE, CHANNELS)),
         tf.float32,
     )
-
-    @tf.function
-    def train_step():
-        with tf.GradientTape() as tape:
-            y = model(x, training=True)
-            loss = tf.reduce_mean(tf.square(y))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
-
+    train_step, _ = sgd_training_step(
+        model, x, lambda y: tf.reduce_mean(tf.square(y))
+    )
     train_step()
     result = measure_step(train_step, repeats)
     result["output_bytes"] = int(np.prod(outputs.shape[1:])) * BATCH * 4

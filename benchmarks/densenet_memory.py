@@ -30,6 +30,7 @@ from benchmarks.common import RESULTS_DIR
 from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import run_worker
+from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
 from keras_fusion.profiling import measure_step
 
@@ -72,21 +73,11 @@ def worker(implementation, depth, repeats, batch=BATCH):
 
     keras.utils.set_random_seed(0)
     model = build(implementation, depth)
-    optimizer = keras.optimizers.SGD(0.01)
-    optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((batch, SIZE, SIZE, 3)), tf.float32)
     y = tf.constant(rng.integers(0, CLASSES, batch))
-
-    @tf.function
-    def train_step():
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
-
+    train_step, optimizer = sgd_training_step(model, x, loss_fn, y)
     train_step()
     result = measure_step(train_step, repeats)
     # What stays allocated between steps: the variables (the optimizer's

@@ -32,7 +32,7 @@ NOTEBOOKS = [
 ]
 # Figures (PNG outputs) each notebook commits.
 FIGURES = {
-    "03_unet_crop_and_concat.ipynb": 2,
+    "03_unet_crop_and_concat.ipynb": 3,
     "04_add_vs_concat.ipynb": 1,
     "05_memory_efficient_densenet.ipynb": 1,
 }

@@ -14,6 +14,11 @@ elimination from merging the recomputation with the forward pass.
 
 Only the arguments (the wrapped layer's inputs and trainable weights) and
 the non-trainable values it started from are kept for the backward pass.
+The gradients the backward pass returns wait for each other: the input
+gradients are what starts the recomputation of the block before this one,
+and without that wait TensorFlow's executor runs it beside this block's
+last weight gradients, with both blocks' recomputed activations alive
+(`benchmarks/results/unet_memory.md` measures the U-Net that showed it).
 """
 
 import tensorflow as tf
@@ -61,12 +66,18 @@ def recomputing_call(fn, differentiable, constants):
                 if d is not None and y.dtype.is_floating:
                     targets.append(y)
                     output_gradients.append(d)
-            return tape.gradient(
+            grads = tape.gradient(
                 targets,
                 again,
                 output_gradients=output_gradients,
                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
+            # Every gradient waits for all of them: the input gradients
+            # start the recomputation of the block before this one, which
+            # must not overlap this block's remaining weight gradients
+            # (they hold its recomputed activations).
+            with tf.control_dependencies(grads):
+                return [tf.identity(g) for g in grads]
 
         return outputs, backward
 

@@ -2,7 +2,6 @@ import copy
 import inspect
 
 import keras
-from keras.src import backend as keras_backend
 
 _NOT_PASSED = (
     inspect.Parameter.POSITIONAL_ONLY,
@@ -77,9 +76,12 @@ class Recompute(keras.layers.Wrapper):
             `keras.random.SeedGenerator` it tracks (Keras's own layers do
             both).
         **kwargs: base layer arguments (`name`, `trainable`, ...). The
-            dtype policy defaults to the block's; the wrapper itself casts
-            nothing: the block casts its inputs and weights as it would
-            unwrapped.
+            wrapper computes and casts nothing itself: the block casts its
+            inputs and weights as it would unwrapped, under its own dtype
+            policy (build it under `mixed_float16` for mixed precision).
+            The wrapper's policy is the block's variable dtype, so that it
+            reads the block's weights uncast; `dtype` may be left out or be
+            the block's policy or variable dtype.
 
     Input shape:
         What the block accepts. Keras masks are not passed through: inputs
@@ -103,11 +105,18 @@ class Recompute(keras.layers.Wrapper):
                 f"layer={layer!r} of type {type(layer).__name__}"
             )
         _check_call_signature(layer)
-        kwargs.setdefault("dtype", layer.dtype_policy)
-        # The block casts its own inputs and weights; the wrapper reads the
-        # weights uncast (float32 under mixed precision) to hand them over.
-        kwargs["autocast"] = False
-        super().__init__(layer, **kwargs)
+        _check_dtype(kwargs.pop("dtype", None), layer)
+        # A policy whose compute dtype is the variable dtype, and no
+        # autocasting: Keras then opens no autocast scope for the wrapper's
+        # call (and clears an outer one), so the weights it hands to the
+        # block are read uncast (float32 under mixed precision), and the
+        # block casts them itself, as it does unwrapped.
+        super().__init__(
+            layer,
+            dtype=layer.dtype_policy.variable_dtype,
+            autocast=False,
+            **kwargs,
+        )
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -255,6 +264,20 @@ def _check_call_signature(layer):
         )
 
 
+def _check_dtype(dtype, layer):
+    if dtype is None:
+        return
+    name = keras.dtype_policies.get(dtype).name
+    allowed = (layer.dtype_policy.name, layer.dtype_policy.variable_dtype)
+    if name not in allowed:
+        raise ValueError(
+            "`Recompute` runs its block under the block's own dtype policy "
+            f"({layer.dtype_policy.name!r}); set the policy on the block "
+            "(e.g. build it under `keras.config.set_dtype_policy(...)`), "
+            f"not on the wrapper. Received: dtype={name!r}"
+        )
+
+
 def _check_no_masks(inputs):
     for index, x in enumerate(keras.tree.flatten(inputs)):
         if getattr(x, "_keras_mask", None) is not None:
@@ -308,15 +331,6 @@ def _is_float(x):
 
 
 def _read(variable):
-    """A variable's value, uncast, as a tensor that gradients reach the
-    variable through.
-
-    Keras's `Layer.__call__` opens an autocast scope for a wrapper with a
-    mixed dtype policy even with `autocast=False`, and `variable.value` would
-    then be float16: the block must receive the float32 value and cast it
-    itself, as it does unwrapped. Keras has no public way to read a value
-    outside that scope, hence its private `AutocastScope(None)`, the scope
-    `Layer.__call__` opens for layers that do not autocast.
-    """
-    with keras_backend.AutocastScope(None):
-        return keras.ops.convert_to_tensor(variable.value)
+    """A variable's value (uncast: see `Recompute.__init__`) as a tensor
+    that gradients reach the variable through."""
+    return keras.ops.convert_to_tensor(variable.value)

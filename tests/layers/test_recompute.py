@@ -299,7 +299,7 @@ def test_mixed_precision_matches_the_unwrapped_block():
         plain, wrapped, input_shape = _pair("conv_bn_dropout")
     finally:
         keras.config.set_dtype_policy(previous)
-    assert wrapped.dtype_policy.name == "mixed_float16"
+    assert wrapped.layer.dtype_policy.name == "mixed_float16"
     x = make_inputs(input_shape, seed=7)
     y_plain, g_plain = value_and_grads(plain, x)
     y_ours, g_ours = value_and_grads(wrapped, x)
@@ -412,6 +412,41 @@ def test_keras_remat_gets_statistics_and_dropout_wrong():
             assert not np.allclose(
                 to_numpy(variable), to_numpy(reference), atol=1e-4
             )
+
+
+def test_mixed_precision_model_around_a_float32_block_keeps_float32():
+    # The wrapper reads the block's weights uncast inside a mixed-precision
+    # model's autocast scope, as the block would alone.
+    keras.utils.set_random_seed(1)
+    plain = _built(conv_bn_dropout(), (4, 8, 8, 4))
+    keras.utils.set_random_seed(2)
+    wrapped = Recompute(_built(conv_bn_dropout(), (4, 8, 8, 4)))
+    _copy_variables(plain, wrapped.layer)
+    x = make_inputs((4, 8, 8, 4), seed=13)
+    # Models (and one layer in front of both blocks) built under
+    # mixed_float16, whose calls open an autocast scope around the blocks.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        front = keras.layers.Conv2D(4, 1)
+        models = []
+        for block in (plain, wrapped):
+            inputs = keras.Input((8, 8, 4))
+            models.append(keras.Model(inputs, block(front(inputs))))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert models[1].dtype_policy.name == "mixed_float16"
+    outputs = [value_and_grads(model, x) for model in models]
+    (y_plain, g_plain), (y_ours, g_ours) = outputs
+    assert y_ours.dtype == y_plain.dtype == np.float32
+    _assert_close_relative(y_ours, y_plain, 1e-5)
+    for mine, reference in zip(g_ours, g_plain, strict=True):
+        _assert_close_relative(mine, reference, 1e-5)
+
+
+def test_recompute_errors_if_dtype_differs_from_the_block():
+    with pytest.raises(ValueError, match="set the policy on the block"):
+        Recompute(conv_bn_dropout(), dtype="mixed_float16")
 
 
 def test_recompute_errors_if_layer_is_not_a_layer():
