@@ -63,7 +63,10 @@ def _recompute_model(synchronized):
         [
             keras.Input((8, 8, 6)),
             keras.layers.Conv2D(5, 3, padding="same", use_bias=False),
-            keras.layers.BatchNormalization(synchronized=synchronized),
+            # Named: the runs' moving statistics are compared by path.
+            keras.layers.BatchNormalization(
+                synchronized=synchronized, name="bn"
+            ),
             keras.layers.ReLU(),
         ],
         name="level",
