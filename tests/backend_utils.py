@@ -54,6 +54,33 @@ def assert_same_variables(mine, reference, atol=1e-6):
         )
 
 
+def compiled_models(layers, input_shape, jit_compile):
+    """One functional model per layer, on inputs of `input_shape` (no
+    batch axis), each compiled alike: SGD(0.05), mean squared error."""
+    models = []
+    for layer in layers:
+        inputs = keras.Input(input_shape)
+        model = keras.Model(inputs, layer(inputs))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05),
+            loss="mse",
+            jit_compile=jit_compile,
+        )
+        models.append(model)
+    return models
+
+
+def fit_losses(models, x, y, batch_size):
+    """Each model's loss history over 2 epochs of `fit` on `(x, y)`, in
+    the same order of batches."""
+    return [
+        model.fit(
+            x, y, batch_size=batch_size, epochs=2, shuffle=False, verbose=0
+        ).history["loss"]
+        for model in models
+    ]
+
+
 def weighted_loss(y):
     """A loss whose gradient differs per element, unlike a plain sum."""
     y = ops.cast(y, "float32")

@@ -205,26 +205,19 @@ def UNet(
             )
 
     def conv(x, width, prefix, k):
-        name = f"{prefix}_conv{k}"
-        if not batch_norm:
-            return keras.layers.Conv2D(
-                width,
-                3,
-                padding="valid",
-                activation="relu",
-                kernel_initializer="he_normal",
-                data_format=data_format,
-                name=name,
-            )(x)
+        # Without BatchNorm, the paper's convolution with bias and ReLU.
         x = keras.layers.Conv2D(
             width,
             3,
             padding="valid",
-            use_bias=False,
+            activation=None if batch_norm else "relu",
+            use_bias=not batch_norm,
             kernel_initializer="he_normal",
             data_format=data_format,
-            name=name,
+            name=f"{prefix}_conv{k}",
         )(x)
+        if not batch_norm:
+            return x
         x = keras.layers.BatchNormalization(
             axis=channel_axis(4, data_format), name=f"{prefix}_bn{k}"
         )(x)

@@ -6,6 +6,8 @@ import pytest
 
 from keras_fusion import MemoryEfficientDenseBlock
 from tests.backend_utils import BACKEND
+from tests.backend_utils import compiled_models
+from tests.backend_utils import fit_losses
 from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
@@ -233,25 +235,14 @@ def test_fit_matches_the_plain_block(policy, jit_compile):
     input_shape = (8, 6, 6, 5)
     x = make_inputs(input_shape, seed=3)
     target = make_inputs((8, 6, 6, 5 + 4 * 6), seed=4)
-    models = []
-    plain, ours = _pair(policy, input_shape, dropout_rate=0.3)
-    for block in (plain, ours):
-        inputs = keras.Input(input_shape[1:])
-        model = keras.Model(inputs, block(inputs))
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.05),
-            loss="mse",
-            jit_compile=jit_compile,
-        )
-        models.append(model)
-    models[1].set_weights(models[0].get_weights())
-    histories = [
-        m.fit(x, target, batch_size=4, epochs=2, shuffle=False, verbose=0)
-        for m in models
-    ]
-    np.testing.assert_allclose(
-        histories[1].history["loss"], histories[0].history["loss"], rtol=1e-5
+    models = compiled_models(
+        _pair(policy, input_shape, dropout_rate=0.3),
+        input_shape[1:],
+        jit_compile,
     )
+    models[1].set_weights(models[0].get_weights())
+    losses = fit_losses(models, x, target, batch_size=4)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
     for mine, reference in zip(
         models[1].weights, models[0].weights, strict=True
     ):

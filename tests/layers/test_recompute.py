@@ -25,6 +25,8 @@ from keras_fusion import Recompute
 from keras_fusion import TransitionBlock
 from tests.backend_utils import BACKEND
 from tests.backend_utils import assert_same_variables
+from tests.backend_utils import compiled_models
+from tests.backend_utils import fit_losses
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
@@ -269,23 +271,11 @@ def test_fit_matches_the_unwrapped_block(jit_compile):
     keras.utils.set_random_seed(6)
     wrapped_block = _regularized_block()
     _copy_variables(plain_block, wrapped_block)
-    models = []
-    for block in (plain_block, Recompute(wrapped_block)):
-        inputs = keras.Input((6,))
-        model = keras.Model(inputs, block(inputs))
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.05),
-            loss="mse",
-            jit_compile=jit_compile,
-        )
-        models.append(model)
-    histories = [
-        m.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-        for m in models
-    ]
-    np.testing.assert_allclose(
-        histories[1].history["loss"], histories[0].history["loss"], rtol=1e-5
+    models = compiled_models(
+        [plain_block, Recompute(wrapped_block)], (6,), jit_compile
     )
+    losses = fit_losses(models, x, y, batch_size=8)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
     assert_same_variables(wrapped_block.variables, plain_block.variables)
     # The block's activity-regularizer loss reaches the model's losses.
     models[1](x, training=True)

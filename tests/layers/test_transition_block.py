@@ -7,6 +7,8 @@ import pytest
 from benchmarks.reference_densenet import transition_block
 from keras_fusion import TransitionBlock
 from tests.backend_utils import BACKEND
+from tests.backend_utils import compiled_models
+from tests.backend_utils import fit_losses
 from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
@@ -298,23 +300,9 @@ def test_recompute_fit_matches_the_plain_block(jit_compile):
     input_shape = (8, 6, 6, 8)
     x = make_inputs(input_shape, seed=6)
     target = make_inputs((8, 3, 3, 4), seed=7)
-    models = []
-    for layer in _pair(input_shape):
-        inputs = keras.Input(input_shape[1:])
-        model = keras.Model(inputs, layer(inputs))
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.05),
-            loss="mse",
-            jit_compile=jit_compile,
-        )
-        models.append(model)
-    histories = [
-        m.fit(x, target, batch_size=4, epochs=2, shuffle=False, verbose=0)
-        for m in models
-    ]
-    np.testing.assert_allclose(
-        histories[1].history["loss"], histories[0].history["loss"], rtol=1e-5
-    )
+    models = compiled_models(_pair(input_shape), input_shape[1:], jit_compile)
+    losses = fit_losses(models, x, target, batch_size=4)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
     for mine, reference in zip(
         models[1].weights, models[0].weights, strict=True
     ):
