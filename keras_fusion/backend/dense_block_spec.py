@@ -18,7 +18,8 @@ and the earlier layers' outputs (along the channel axis):
     h = relu(BatchNorm_1(conv(h, kernel1)))       # only with a bottleneck
     f = dropout(conv(h, kernel2), dropout_rate)   # 'same' padding
 
-and the block returns the concatenation of its input and every `f`.
+and the block returns the concatenation of its input and every `f` (with
+`return_new_features`, of every `f` only).
 `kernel1` is 1x1 (no padding); `kernel2` has `growth_rate` output
 channels. Every convolution has stride 1, no bias and the block's data
 format.
@@ -125,9 +126,12 @@ class DenseBlockSpec:
         policy: `"full"` (keep each layer's new features only) or
             `"concat_bn"` (keep the bottleneck convolutions' outputs too).
         data_format: `"channels_last"` or `"channels_first"`.
+        return_new_features: whether the block returns only the layers'
+            new features, without its input.
     """
 
     layers: tuple
     batch_norm: BatchNormSpec
     policy: str
     data_format: str
+    return_new_features: bool = False

@@ -67,6 +67,10 @@ def recomputing_dense_block(spec, inputs):
             for m, v in zip(moments[::2], moments[1::2], strict=True)
         ]
         features.append(new_features)
+    if spec.return_new_features:
+        features = features[1:]
+    if len(features) == 1:
+        return features[0], statistics
     return ops.concatenate(features, axis=axis), statistics
 
 

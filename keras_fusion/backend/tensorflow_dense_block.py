@@ -27,7 +27,9 @@ its inputs alive.
 The kernel receives the block as a `DenseBlockSpec` (`dense_block_spec.py`):
 weights as tensors, BatchNorm settings, dropout rates and seed generators.
 It returns the block's output and every BatchNorm's batch statistics; the
-layer updates the moving statistics from them, once per step.
+layer updates the moving statistics from them, once per step. A block
+that returns only its new features keeps them and its input instead of
+their concatenation, and rebuilds it in the backward pass.
 
 Everything here runs in `channels_last`; `channels_first` inputs are
 transposed on the way in and out.
@@ -136,6 +138,7 @@ class _DenseBlockKernel:
         c = x
         bottlenecks = []
         moments = []
+        new_features = []
         for index, layer in enumerate(layers):
             h, mean, variance = batch_norm_relu.batch_norm_relu(
                 c, layer.gamma0, layer.beta0, axis, batch_norm
@@ -150,17 +153,40 @@ class _DenseBlockKernel:
                 )
                 moments += [mean, variance]
             f = self._dropout(tensorflow_ops.conv(h, layer.kernel2), index)
+            if self.spec.return_new_features:
+                new_features.append(f)
+                if index == len(layers) - 1:
+                    break
             c = tf.concat([c, f], axis=_AXIS)
-        outputs = c
+        if not self.spec.return_new_features:
+            outputs = c
 
-        def grad_fn(d_outputs, *unused_moment_gradients):
+            def grad_fn(d_outputs, *unused_moment_gradients):
+                return self._backward(
+                    d_outputs, outputs, bottlenecks, moments, layers
+                )
+
+            return outputs, moments, grad_fn
+
+        # Only the new features are returned: the backward pass keeps them
+        # and the input (not their concatenation, whose last step the
+        # forward pass never builds) and rebuilds the concatenation.
+        outputs = tf.concat(new_features, axis=_AXIS)
+
+        def new_features_grad_fn(d_outputs, *unused_moment_gradients):
             return self._backward(
-                d_outputs, outputs, bottlenecks, moments, layers
+                tf.concat([tf.zeros_like(x), d_outputs], axis=_AXIS),
+                tf.concat([x, outputs], axis=_AXIS),
+                bottlenecks,
+                moments,
+                layers,
             )
 
-        return outputs, moments, grad_fn
+        return outputs, moments, new_features_grad_fn
 
     def _backward(self, d_outputs, outputs, bottlenecks, moments, layers):
+        """The gradients of the input and weights, from the gradient of
+        the whole concatenation `outputs` (input and new features)."""
         grads = []
         gradient = d_outputs
         # Where each layer's batch statistics start in `moments`.

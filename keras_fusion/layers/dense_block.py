@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_fusion._internal.checks import channel_axis
 from keras_fusion._internal.checks import check_batch_norm_arguments
+from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_feature_map_shape
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
@@ -27,7 +28,10 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
     dropout, on the concatenation of the block's input and every earlier
     layer's output; the block returns the concatenation of its input and all
     new features, as `keras.applications.densenet` does (Huang et al. 2017,
-    "Densely Connected Convolutional Networks").
+    "Densely Connected Convolutional Networks"), or with
+    `return_new_features=True` the new features only, as the up-sampling
+    path of FC-DenseNet needs (Jégou et al. 2017, "The One Hundred Layers
+    Tiramisu").
 
     Stored naively, the concatenations and their BatchNorm/ReLU outputs make
     training memory quadratic in depth. With `recompute` the block keeps only
@@ -59,6 +63,11 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
     >>> x = np.random.rand(2, 8, 8, 24).astype("float32")
     >>> tuple(block(x, training=True).shape)
     (2, 8, 8, 72)
+    >>> new_only = MemoryEfficientDenseBlock(
+    ...     num_layers=4, growth_rate=12, return_new_features=True
+    ... )
+    >>> tuple(new_only(x, training=True).shape)
+    (2, 8, 8, 48)
 
     Args:
         num_layers: the number of dense layers.
@@ -81,6 +90,10 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
             strategy, compute BatchNorm's batch statistics over the global
             batch (all replicas), as
             `keras.layers.BatchNormalization(synchronized=True)` does.
+        return_new_features: whether to return only the `num_layers *
+            growth_rate` new feature maps instead of their concatenation
+            with the input (`False`, the default). The new features come
+            in the order of the layers either way.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Input shape:
@@ -89,7 +102,8 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         *spatial)` with `"channels_first"`. Spatial sizes may be `None`.
 
     Output shape:
-        The input's shape with `C + num_layers * growth_rate` channels.
+        The input's shape with `C + num_layers * growth_rate` channels
+        (`num_layers * growth_rate` with `return_new_features`).
 
     Masking: not supported; the convolutions mix neighbouring positions,
     so an input mask is neither used nor propagated.
@@ -120,6 +134,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         kernel_regularizer=None,
         seed=None,
         synchronized=False,
+        return_new_features=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -156,6 +171,9 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.seed = seed
         self.synchronized = check_synchronized(synchronized)
+        self.return_new_features = check_bool(
+            return_new_features, "return_new_features"
+        )
 
     def build(self, input_shape):
         rank, axis, channels = check_feature_map_shape(
@@ -191,13 +209,20 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
             if parts.dropout is not None:
                 x = parts.dropout(x, training=training)
             features.append(x)
+        if self.return_new_features:
+            features = features[1:]
+        if len(features) == 1:
+            return features[0]
         return ops.concatenate(features, axis=axis)
 
     def compute_output_shape(self, input_shape):
         axis = channel_axis(len(input_shape), self.data_format)
         output_shape = list(input_shape)
-        if output_shape[axis] is not None:
-            output_shape[axis] += self.num_layers * self.growth_rate
+        new_channels = self.num_layers * self.growth_rate
+        if self.return_new_features:
+            output_shape[axis] = new_channels
+        elif output_shape[axis] is not None:
+            output_shape[axis] += new_channels
         return tuple(output_shape)
 
     def get_config(self):
@@ -220,6 +245,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
                 ),
                 "seed": self.seed,
                 "synchronized": self.synchronized,
+                "return_new_features": self.return_new_features,
             }
         )
         return config
@@ -244,6 +270,7 @@ def _recomputing_training_step(block, inputs):
         ),
         policy=block.recompute_policy,
         data_format=block.data_format,
+        return_new_features=block.return_new_features,
     )
     outputs, statistics = kernel.recomputing_dense_block(spec, inputs)
     batch_norms = [

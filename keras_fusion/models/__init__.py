@@ -8,6 +8,10 @@ from keras_fusion.models.densenet import DenseNet264
 from keras_fusion.models.densenet import DenseNetBC
 from keras_fusion.models.densenet_conversion import from_keras_application
 from keras_fusion.models.densenet_weights import copy_keras_application_weights
+from keras_fusion.models.fc_densenet import FCDenseNet
+from keras_fusion.models.fc_densenet import FCDenseNet56
+from keras_fusion.models.fc_densenet import FCDenseNet67
+from keras_fusion.models.fc_densenet import FCDenseNet103
 from keras_fusion.models.unet import UNet
 from keras_fusion.models.unet import unet_level_sizes
 
@@ -18,6 +22,10 @@ __all__ = [
     "DenseNet201",
     "DenseNet264",
     "DenseNetBC",
+    "FCDenseNet",
+    "FCDenseNet56",
+    "FCDenseNet67",
+    "FCDenseNet103",
     "UNet",
     "copy_keras_application_weights",
     "from_keras_application",

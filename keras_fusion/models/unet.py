@@ -11,14 +11,13 @@ from keras_fusion._internal.checks import channel_axis
 from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
-from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
-from keras_fusion.layers.recompute import Recompute
 from keras_fusion.models._inputs_and_heads import image_input_shape
 from keras_fusion.models._inputs_and_heads import model_input
 from keras_fusion.models._inputs_and_heads import source_inputs
 from keras_fusion.models._inputs_and_heads import spatial_sizes
+from keras_fusion.models._recomputed_levels import recomputed_level
 
 
 def unet_level_sizes(size, num_levels=4):
@@ -248,20 +247,16 @@ def UNet(
 
     def level(build, inputs, width, prefix):
         """`build`'s layers applied to `inputs`: in the model's graph, or
-        with `recompute` in a sub-model named `prefix` (for any spatial
-        size) wrapped in `Recompute`."""
+        with `recompute` in a sub-model named `prefix` wrapped in
+        `Recompute`."""
         if not recompute:
             return build(inputs, width, prefix)
-        level_inputs = keras.tree.map_structure(
-            lambda x: keras.Input(
-                shape=_any_spatial_size(x.shape, data_format), dtype=x.dtype
-            ),
+        return recomputed_level(
+            lambda level_inputs: build(level_inputs, width, prefix),
             inputs,
+            prefix,
+            data_format,
         )
-        sub_model = keras.Model(
-            level_inputs, build(level_inputs, width, prefix), name=prefix
-        )
-        return Recompute(sub_model, name=f"{prefix}_recompute")(inputs)
 
     inputs = model_input(input_tensor, input_shape)
     x = inputs
@@ -283,11 +278,3 @@ def UNet(
         name="output_conv",
     )(x)
     return keras.Model(source_inputs(input_tensor, inputs), outputs, name=name)
-
-
-def _any_spatial_size(shape, data_format):
-    """A feature map's shape without the batch axis, spatial sizes `None`."""
-    shape = list(shape[1:])
-    for axis in spatial_axes(len(shape) + 1, data_format):
-        shape[axis - 1] = None
-    return tuple(shape)

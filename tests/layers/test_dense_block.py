@@ -12,6 +12,7 @@ from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.backend_utils import weighted_loss
 from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
@@ -70,6 +71,12 @@ LAYER_CASES = pytest.mark.parametrize(
             {"data_format": "channels_first"},
             (18, 12),
         ),
+        (
+            "full",
+            (2, 6, 6, 5),
+            {"return_new_features": True, "dropout_rate": 0.2},
+            (18, 12),
+        ),
     ],
     ids=[
         "full-2d",
@@ -78,6 +85,7 @@ LAYER_CASES = pytest.mark.parametrize(
         "1d-no-bottleneck",
         "3d",
         "channels-first",
+        "new-features",
     ],
 )
 
@@ -191,6 +199,67 @@ def test_outputs_and_gradients_equal_the_plain_block(
     for mine, reference in zip(g_ours, g_plain, strict=True):
         assert mine.dtype == np.dtype(dtype)
         _assert_close_relative(mine, reference, rtol)
+
+
+@pytest.mark.parametrize("policy", [False, *POLICIES])
+@pytest.mark.parametrize(
+    "input_shape, data_format, num_layers",
+    [
+        ((3, 7, 7, 5), "channels_last", 4),
+        ((3, 5, 7, 7), "channels_first", 4),
+        ((3, 7, 7, 5), "channels_last", 1),
+    ],
+    ids=["channels_last", "channels_first", "one-layer"],
+)
+def test_new_features_are_the_full_outputs_last_channels(
+    policy, input_shape, data_format, num_layers
+):
+    # The reference: the plain block returning everything, its output's
+    # last `num_layers * growth_rate` channels, and the gradients of a
+    # loss of those channels only.
+    if data_format == "channels_first":
+        skip_unless_channels_first_convolution_runs()
+    kwargs = {
+        "num_layers": num_layers,
+        "growth_rate": 6,
+        "seed": 7,
+        "dropout_rate": 0.2,
+        "data_format": data_format,
+    }
+    full = MemoryEfficientDenseBlock(recompute=False, **kwargs)
+    ours = MemoryEfficientDenseBlock(
+        recompute=policy, return_new_features=True, **kwargs
+    )
+    full.build(input_shape)
+    ours.build(input_shape)
+    ours.set_weights(full.get_weights())
+    axis = 1 if data_format == "channels_first" else -1
+    channels = input_shape[axis]
+
+    def new_channels(y):
+        if data_format == "channels_first":
+            return y[:, channels:]
+        return y[..., channels:]
+
+    def loss_of_new_channels(y):
+        return weighted_loss(new_channels(y))
+
+    y_full, g_full = value_and_grads(
+        full, _x(input_shape), loss_of_new_channels
+    )
+    y_ours, g_ours = value_and_grads(ours, _x(input_shape))
+    expected_shape = list(input_shape)
+    expected_shape[axis] = num_layers * 6
+    assert y_ours.shape == tuple(expected_shape)
+    assert ours.compute_output_shape(input_shape) == tuple(expected_shape)
+    _assert_close_relative(y_ours, new_channels(y_full), 1e-5)
+    assert len(g_ours) == len(g_full)
+    for mine, reference in zip(g_ours, g_full, strict=True):
+        _assert_close_relative(mine, reference, 1e-5)
+
+
+def _x(input_shape):
+    return make_inputs(input_shape, seed=3)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
