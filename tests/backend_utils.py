@@ -81,6 +81,33 @@ def fit_losses(models, x, y, batch_size):
     ]
 
 
+def assert_same_training_steps(ours, plain, batches, learning_rate):
+    """`ours` trains as `plain`, one step per batch of `batches`: outputs
+    to 1e-5, gradients (input first) to 1e-5 of each tensor's largest
+    magnitude, non-trainable variables (moving statistics, seed states) to
+    1e-6 after each step. Both models then take the plain model's SGD
+    update, so that each step compares the same function."""
+    optimizer = keras.optimizers.SGD(learning_rate)
+    paths = ["input"] + [w.path for w in plain.trainable_weights]
+    for images in batches:
+        y_plain, g_plain = value_and_grads(plain, images)
+        y_ours, g_ours = value_and_grads(ours, images)
+        np.testing.assert_allclose(y_ours, y_plain, rtol=1e-5, atol=1e-6)
+        for mine, reference, path in zip(g_ours, g_plain, paths, strict=True):
+            scale = np.max(np.abs(reference))
+            np.testing.assert_allclose(
+                mine, reference, rtol=0, atol=1e-5 * scale, err_msg=path
+            )
+        assert_same_variables(
+            ours.non_trainable_variables, plain.non_trainable_variables
+        )
+        optimizer.apply(
+            [ops.convert_to_tensor(g) for g in g_plain[1:]],
+            plain.trainable_variables,
+        )
+        ours.set_weights(plain.get_weights())
+
+
 def weighted_loss(y):
     """A loss whose gradient differs per element, unlike a plain sum."""
     y = ops.cast(y, "float32")

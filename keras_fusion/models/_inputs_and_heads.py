@@ -60,10 +60,13 @@ def model_input(input_tensor, input_shape):
 
 def source_inputs(input_tensor, inputs):
     """The inputs of the `keras.Model`: those `input_tensor` comes from, so
-    that layers before it stay part of the model."""
+    that layers before it stay part of the model. One source is returned
+    as a tensor, not a list, so that the model takes a tensor without
+    Keras's warning about the structure of its inputs."""
     if input_tensor is None:
         return inputs
-    return keras.utils.get_source_inputs(input_tensor)
+    sources = keras.utils.get_source_inputs(input_tensor)
+    return sources[0] if len(sources) == 1 else sources
 
 
 def check_pooling(pooling):
@@ -95,4 +98,40 @@ def classification_head(
         return keras.layers.GlobalMaxPooling2D(
             data_format=data_format, name="max_pool"
         )(x)
+    return x
+
+
+def pixel_classifier(x, classes, classifier_activation, data_format, **kwargs):
+    """The 1x1 convolution to `classes` channels, named `output_conv`, that
+    ends a segmentation model, with `classifier_activation` on the channel
+    axis.
+
+    A `Conv2D`'s activation runs on the last axis, which is the channel
+    axis only with `"channels_last"`: with `"channels_first"` a softmax is
+    a `keras.layers.Softmax(axis=1)` named `output_softmax` after a linear
+    convolution, and the other activations across channels (log-softmax)
+    are refused.
+    """
+    activation = keras.activations.get(classifier_activation)
+    across_channels = data_format == "channels_first" and activation in (
+        keras.activations.softmax,
+        keras.activations.log_softmax,
+    )
+    if across_channels and activation is keras.activations.log_softmax:
+        raise ValueError(
+            "`classifier_activation='log_softmax'` is not supported with "
+            "data_format='channels_first'; pass classifier_activation=None "
+            "and a loss with `from_logits=True`. Received: "
+            f"classifier_activation={classifier_activation!r}"
+        )
+    x = keras.layers.Conv2D(
+        classes,
+        1,
+        activation=None if across_channels else classifier_activation,
+        data_format=data_format,
+        name="output_conv",
+        **kwargs,
+    )(x)
+    if across_channels:
+        x = keras.layers.Softmax(axis=1, name="output_softmax")(x)
     return x

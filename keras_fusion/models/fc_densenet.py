@@ -23,6 +23,7 @@ from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.models._inputs_and_heads import image_input_shape
 from keras_fusion.models._inputs_and_heads import model_input
+from keras_fusion.models._inputs_and_heads import pixel_classifier
 from keras_fusion.models._inputs_and_heads import source_inputs
 from keras_fusion.models._inputs_and_heads import spatial_sizes
 from keras_fusion.models._recomputed_levels import recomputed_level
@@ -159,7 +160,9 @@ def FCDenseNet(
         `transition_down{i}_bn`, `_relu`, `_conv`, `_dropout` (with
         `dropout_rate`) and `_pool`; `bottleneck_dense_block`;
         `transition_up{i}`, `up{i}_crop_and_concat` (the up-sampled map,
-        then the skip) and `up{i}_dense_block`; `output_conv`. With
+        then the skip) and `up{i}_dense_block`; `output_conv` (with
+        `"channels_first"`, a softmax is a layer of its own,
+        `output_softmax`). With
         `recompute`, the layers of transition down `i` but its pooling sit,
         under the same names, in a sub-model `transition_down{i}` wrapped
         in a `Recompute` layer named `transition_down{i}_recompute`.
@@ -283,14 +286,13 @@ def FCDenseNet(
         x = dense_block(
             x, blocks[len(blocks) - 1 - i], f"up{i}_dense_block", i > 0
         )
-    outputs = keras.layers.Conv2D(
+    outputs = pixel_classifier(
+        x,
         classes,
-        1,
-        activation=classifier_activation,
+        classifier_activation,
+        data_format,
         kernel_initializer="he_uniform",
-        data_format=data_format,
-        name="output_conv",
-    )(x)
+    )
     return keras.Model(source_inputs(input_tensor, inputs), outputs, name=name)
 
 

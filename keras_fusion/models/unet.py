@@ -15,6 +15,7 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.models._inputs_and_heads import image_input_shape
 from keras_fusion.models._inputs_and_heads import model_input
+from keras_fusion.models._inputs_and_heads import pixel_classifier
 from keras_fusion.models._inputs_and_heads import source_inputs
 from keras_fusion.models._inputs_and_heads import spatial_sizes
 from keras_fusion.models._recomputed_levels import recomputed_level
@@ -165,8 +166,10 @@ def UNet(
         named `encoder{i}_conv{1,2}`, `encoder{i}_pool`,
         `bottleneck_conv{1,2}`, `decoder{i}_upconv`,
         `decoder{i}_crop_and_concat`, `decoder{i}_conv{1,2}` and
-        `output_conv`; with `batch_norm`, each convolution `{level}_conv{k}`
-        is followed by `{level}_bn{k}` and `{level}_relu{k}`; with
+        `output_conv` (a softmax with `"channels_first"` is a layer of
+        its own, `output_softmax`); with `batch_norm`, each convolution
+        `{level}_conv{k}` is followed by `{level}_bn{k}` and
+        `{level}_relu{k}`; with
         `dropout_rate`, `bottleneck_conv2` (or `bottleneck_relu2`) by
         `bottleneck_dropout`. With `recompute`, the layers of each level
         (all but the poolings and `output_conv`) sit, under the same
@@ -270,11 +273,10 @@ def UNet(
     x = level(bottleneck, x, filters * 2**num_levels, "bottleneck")
     for i in reversed(range(num_levels)):
         x = level(decoder, [skips[i], x], filters * 2**i, f"decoder{i}")
-    outputs = keras.layers.Conv2D(
+    outputs = pixel_classifier(
+        x,
         classes,
-        1,
-        activation=classifier_activation,
-        data_format=data_format,
-        name="output_conv",
-    )(x)
+        classifier_activation,
+        data_format,
+    )
     return keras.Model(source_inputs(input_tensor, inputs), outputs, name=name)

@@ -6,10 +6,10 @@ from keras_fusion import CropAndConcat
 from keras_fusion import Recompute
 from keras_fusion.models import UNet
 from keras_fusion.models import unet_level_sizes
+from tests.backend_utils import assert_same_training_steps
 from tests.backend_utils import assert_same_variables
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
-from tests.backend_utils import value_and_grads
 from tests.layer_test_case import check_distinct_initial_kernels
 from tests.layer_test_case import check_export
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
@@ -409,27 +409,8 @@ def test_recomputing_unet_trains_as_the_plain_model():
     )
     non_trainable = [v.path for v in plain.non_trainable_variables]
     assert any("seed" in path for path in non_trainable)
-    optimizer = keras.optimizers.SGD(1e-3)
-    for step in range(3):
-        images = _images(6 + step)
-        y_plain, g_plain = value_and_grads(plain, images)
-        y_ours, g_ours = value_and_grads(ours, images)
-        np.testing.assert_allclose(y_ours, y_plain, rtol=1e-5, atol=1e-6)
-        paths = ["input"] + [w.path for w in plain.trainable_weights]
-        for mine, reference, path in zip(g_ours, g_plain, paths, strict=True):
-            scale = np.max(np.abs(reference))
-            np.testing.assert_allclose(
-                mine, reference, rtol=0, atol=1e-5 * scale, err_msg=path
-            )
-        # Updated once per step, seed states included.
-        assert_same_variables(
-            ours.non_trainable_variables, plain.non_trainable_variables
-        )
-        optimizer.apply(
-            [keras.ops.convert_to_tensor(g) for g in g_plain[1:]],
-            plain.trainable_variables,
-        )
-        ours.set_weights(plain.get_weights())
+    batches = [_images(6 + step) for step in range(3)]
+    assert_same_training_steps(ours, plain, batches, learning_rate=1e-3)
 
 
 def test_recomputing_unet_fits_as_the_plain_model():
