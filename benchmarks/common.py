@@ -58,6 +58,18 @@ def sgd_training_step(model, x, loss_fn, y=None, learning_rate=0.01):
     return train_step, optimizer
 
 
+def fit_line(points):
+    """Least-squares `(a, b)` of `y = a + b * x` through `(x, y)` points
+    (e.g. a step's peak against its batch size)."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    b = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
+        (x - mean_x) ** 2 for x, _ in points
+    )
+    return mean_y - b * mean_x, b
+
+
 def allocators(runs):
     """The allocators the runs measured, for the table's header: e.g.
     "oneDNN CPU allocator on CPU:0, oneDNN on"."""

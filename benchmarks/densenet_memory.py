@@ -29,6 +29,7 @@ import statistics
 from benchmarks.common import RESULTS_DIR
 from benchmarks.common import allocators
 from benchmarks.common import environment
+from benchmarks.common import fit_line
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
@@ -123,18 +124,6 @@ def plot(results, path):
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-
-
-def fit_line(points):
-    """Least-squares `(a, b)` of `peak = a + b * batch` through
-    `(batch, peak)` points."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    b = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
-        (x - mean_x) ** 2 for x, _ in points
-    )
-    return mean_y - b * mean_x, b
 
 
 def largest_batch(a, b, resident_per_batch, resident_fixed, capacity):

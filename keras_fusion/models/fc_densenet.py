@@ -79,10 +79,10 @@ def FCDenseNet(
 
     With `recompute=True` the dense blocks recompute in the backward pass
     (`MemoryEfficientDenseBlock(recompute="full")`) and each transition
-    down's BatchNorm -> ReLU -> convolution -> dropout is a sub-model
-    wrapped in `keras_fusion.Recompute`, so that a training step keeps
-    only the feature maps the model concatenates, not the BatchNorm, ReLU
-    and dropout outputs of every layer (see
+    down is a sub-model wrapped in `keras_fusion.Recompute`, so that a
+    training step keeps only the feature maps the model concatenates and
+    the poolings' outputs, not the BatchNorm, ReLU, convolution and
+    dropout outputs of every layer (see
     `benchmarks/results/fcdensenet_memory.md`). Outputs, gradients and
     BatchNorm moving statistics equal those of `recompute=False`, whose
     weights it takes in the same order.
@@ -163,8 +163,8 @@ def FCDenseNet(
         then the skip) and `up{i}_dense_block`; `output_conv` (with
         `"channels_first"`, a softmax is a layer of its own,
         `output_softmax`). With
-        `recompute`, the layers of transition down `i` but its pooling sit,
-        under the same names, in a sub-model `transition_down{i}` wrapped
+        `recompute`, the layers of transition down `i` sit, under the
+        same names, in a sub-model `transition_down{i}` wrapped
         in a `Recompute` layer named `transition_down{i}_recompute`.
 
     Reference:
@@ -236,7 +236,9 @@ def FCDenseNet(
         )(x)
         if dropout_rate:
             x = keras.layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(x)
-        return x
+        return keras.layers.MaxPooling2D(
+            2, data_format=data_format, name=f"{prefix}_pool"
+        )(x)
 
     inputs = model_input(input_tensor, input_shape)
     x = keras.layers.Conv2D(
@@ -264,9 +266,6 @@ def FCDenseNet(
             )
         else:
             x = transition_down(x, channels, prefix)
-        x = keras.layers.MaxPooling2D(
-            2, data_format=data_format, name=f"{prefix}_pool"
-        )(x)
     x = dense_block(x, blocks[num_pools], "bottleneck_dense_block", True)
     for i in reversed(range(num_pools)):
         below = blocks[len(blocks) - 2 - i]

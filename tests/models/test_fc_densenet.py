@@ -355,6 +355,7 @@ def test_recomputing_model_recomputes_blocks_and_transitions_down():
             f"transition_down{i}_relu",
             f"transition_down{i}_conv",
             f"transition_down{i}_dropout",
+            f"transition_down{i}_pool",
         ]
     assert ours.get_layer("up0_dense_block").recompute == "full"
 
@@ -542,3 +543,29 @@ def test_log_softmax_errors_with_channels_first():
             data_format="channels_first",
             classifier_activation="log_softmax",
         )
+
+
+def test_mixed_precision_recomputing_model_trains_as_the_plain_model():
+    # Under the `mixed_float16` policy: float16 outputs, float32 variables,
+    # and the recomputing model's `fit` losses are the plain model's (to
+    # float16's precision).
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        ours, plain = _recomputing_and_plain()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    images = _images(12, batch=4)
+    masks = np.random.default_rng(12).integers(0, 3, (4, 37, 45))
+    assert keras.backend.standardize_dtype(ours(images).dtype) == "float16"
+    assert all(v.dtype == "float32" for v in ours.trainable_variables)
+    losses = []
+    for model in (plain, ours):
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05),
+            loss="sparse_categorical_crossentropy",
+        )
+        history = model.fit(
+            images, masks, batch_size=2, epochs=1, shuffle=False, verbose=0
+        )
+        losses.append(history.history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
