@@ -29,12 +29,14 @@ NOTEBOOKS = [
     "04_add_vs_concat.ipynb",
     "05_memory_efficient_densenet.ipynb",
     "06_export.ipynb",
+    "07_tiramisu.ipynb",
 ]
 # Figures (PNG outputs) each notebook commits.
 FIGURES = {
     "03_unet_crop_and_concat.ipynb": 3,
     "04_add_vs_concat.ipynb": 1,
     "05_memory_efficient_densenet.ipynb": 1,
+    "07_tiramisu.ipynb": 2,
 }
 KERNEL_NAME = "keras-fusion-tests"
 CELL_TIMEOUT = 600
