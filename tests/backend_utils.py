@@ -70,15 +70,28 @@ def compiled_models(layers, input_shape, jit_compile):
     return models
 
 
-def fit_losses(models, x, y, batch_size):
-    """Each model's loss history over 2 epochs of `fit` on `(x, y)`, in
+def fit_losses(models, x, y, batch_size, epochs=2):
+    """Each model's loss history over `epochs` of `fit` on `(x, y)`, in
     the same order of batches."""
     return [
         model.fit(
-            x, y, batch_size=batch_size, epochs=2, shuffle=False, verbose=0
+            x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0
         ).history["loss"]
         for model in models
     ]
+
+
+def hold_the_same_variables(ours, plain):
+    """Give `ours` `plain`'s variables: weights (same paths, same order),
+    moving statistics and dropout seed states (which `set_weights` does
+    not set). Returns the seed-state variables of `ours`."""
+    assert [w.path for w in ours.weights] == [w.path for w in plain.weights]
+    ours.set_weights(plain.get_weights())
+    seeds = [v for v in ours.non_trainable_variables if "seed" in v.path]
+    plain_seeds = [v for v in plain.non_trainable_variables if "seed" in v.path]
+    for mine, reference in zip(seeds, plain_seeds, strict=True):
+        mine.assign(to_numpy(reference))
+    return seeds
 
 
 def assert_same_training_steps(ours, plain, batches, learning_rate):

@@ -297,17 +297,17 @@ def FCDenseNet(
 
 def _check_blocks(blocks):
     try:
-        blocks = tuple(blocks)
+        counts = tuple(blocks)
     except TypeError:
-        blocks = None
-    if blocks is None or len(blocks) < 3 or len(blocks) % 2 == 0:
+        counts = ()
+    if len(counts) < 3 or len(counts) % 2 == 0:
         raise ValueError(
             "`blocks` should list the number of layers of the 2 * n + 1 "
             "dense blocks (n down, the bottleneck, n up; n >= 1), e.g. "
             "(4, 5, 7, 10, 12, 15, 12, 10, 7, 5, 4) for FC-DenseNet103. "
             f"Received: blocks={blocks!r}"
         )
-    return tuple(check_positive_int(count, "blocks") for count in blocks)
+    return tuple(check_positive_int(count, "blocks") for count in counts)
 
 
 _VARIANT_DOCSTRING = """{title} of Jégou et al. (2017), Table 2.

@@ -169,14 +169,13 @@ def UNet(
         `output_conv` (a softmax with `"channels_first"` is a layer of
         its own, `output_softmax`); with `batch_norm`, each convolution
         `{level}_conv{k}` is followed by `{level}_bn{k}` and
-        `{level}_relu{k}`; with
-        `dropout_rate`, `bottleneck_conv2` (or `bottleneck_relu2`) by
-        `bottleneck_dropout`. With `recompute`, the layers of each level
-        (all but the poolings and `output_conv`) sit, under the same
-        names, in a sub-model `encoder{i}`, `bottleneck` or `decoder{i}`
-        (which takes `[skip, below]`), wrapped in a `Recompute` layer named
-        `encoder{i}_recompute`, `bottleneck_recompute` or
-        `decoder{i}_recompute` in the model.
+        `{level}_relu{k}`; with `dropout_rate`, `bottleneck_conv2` (or
+        `bottleneck_relu2`) by `bottleneck_dropout`. With `recompute`,
+        the layers of each level (all but the poolings and `output_conv`)
+        sit, under the same names, in a sub-model `encoder{i}`,
+        `bottleneck` or `decoder{i}` (which takes `[skip, below]`),
+        wrapped in a `Recompute` layer named `encoder{i}_recompute`,
+        `bottleneck_recompute` or `decoder{i}_recompute` in the model.
 
     Reference:
     - [U-Net: Convolutional Networks for Biomedical Image Segmentation](

@@ -8,6 +8,7 @@ from keras_fusion.models import UNet
 from keras_fusion.models import unet_level_sizes
 from tests.backend_utils import assert_same_training_steps
 from tests.backend_utils import assert_same_variables
+from tests.backend_utils import hold_the_same_variables
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.layer_test_case import check_distinct_initial_kernels
@@ -380,12 +381,7 @@ def _recomputing_and_plain(**kwargs):
     plain = UNet(**kwargs)
     keras.utils.set_random_seed(1)
     ours = UNet(**kwargs, recompute=True)
-    assert [w.path for w in ours.weights] == [w.path for w in plain.weights]
-    ours.set_weights(plain.get_weights())
-    seeds = [v for v in ours.non_trainable_variables if "seed" in v.path]
-    plain_seeds = [v for v in plain.non_trainable_variables if "seed" in v.path]
-    for mine, reference in zip(seeds, plain_seeds, strict=True):
-        mine.assign(to_numpy(reference))
+    hold_the_same_variables(ours, plain)
     return ours, plain
 
 
