@@ -19,10 +19,12 @@ constructor arguments and checks, on random data:
 3. `.keras`: a model holding the layer, saved and loaded with
    `keras.models.load_model` without `custom_objects`, gives identical
    outputs;
-4. SavedModel (`run_export_test`, a test of its own because it is about a
-   TensorFlow artifact): `model.export()` reloaded with
-   `tf.saved_model.load` in a separate Python process that never imports
-   keras_fusion gives the same outputs (atol 1e-6);
+4. export (`run_export_test`, a test of its own per format, under the
+   backends that write the format: `EXPORT_FORMATS`): `model.export()` to
+   a SavedModel, LiteRT or ONNX, run by `tf.saved_model.load`, the LiteRT
+   interpreter or ONNX Runtime in a separate Python process that never
+   imports keras_fusion (nor, for LiteRT and ONNX, TensorFlow), gives
+   `predict`'s outputs at two input sizes (atol 1e-6 by default);
 5. training: one `fit` step runs and gives a finite loss; under
    `mixed_float16` the output is float16, the variables stay float32, and a
    `fit` step runs too;
@@ -123,17 +125,79 @@ def run_layer_test(
         )
 
 
-def run_export_test(layer_cls, init_kwargs, input_shape, tmp_path, atol=1e-6):
+def run_export_test(
+    layer_cls,
+    init_kwargs,
+    input_shape,
+    tmp_path,
+    atol=1e-6,
+    export_format="tf_saved_model",
+    fails_with=None,
+):
     """Check 4: a model holding the layer, with `None` spatial sizes,
-    exported with `model.export()` and served by `tf.saved_model.load`
-    in a process that never imports keras_fusion, gives its outputs."""
+    exported with `model.export(format=export_format)` and run by the
+    format's runtime in a process that never imports keras_fusion (nor,
+    for LiteRT and ONNX, TensorFlow or Keras), gives `predict`'s outputs
+    at `input_shape` and at a second size (3 more on every spatial
+    axis).
+
+    `fails_with`, from `export_limit`: `(exception type, message regex)`
+    of an export its converter or runtime cannot do, asserted instead.
+    """
     keras.utils.set_random_seed(0)
     layer = _construct(layer_cls, init_kwargs)
     data_format = getattr(layer, "data_format", "channels_last")
-    model = _functional_model(layer, _dynamic_shapes(input_shape, data_format))
-    data = make_inputs(input_shape)
-    reference = to_numpy(model(data, training=False))
-    check_export(model, data, reference, tmp_path, atol)
+    shapes = [input_shape, _grown(input_shape, data_format, 3)]
+    if keras.backend.backend() == "jax" and _is_multi(input_shape):
+        # jax2onnx gives each input's `None` sizes symbols of their own, so
+        # a layer fusing several inputs cannot tell how they compare (and
+        # JAX crops to static sizes only): fixed spatial sizes.
+        shapes = shapes[:1]
+        model = _functional_model(layer, _with_batch(input_shape, None))
+    else:
+        dynamic = _dynamic_shapes(input_shape, data_format)
+        model = _functional_model(layer, dynamic)
+    cases = []
+    for shape in shapes:
+        data = make_inputs(shape)
+        cases.append((data, model.predict(data, verbose=0)))
+    if fails_with is None:
+        check_export(model, cases, tmp_path, atol, export_format)
+        return
+    exception, match = fails_with
+    with pytest.raises(exception, match=match):
+        check_export(model, cases, tmp_path, atol, export_format)
+
+
+def export_limit(export_format, rank=4, max_pooling=False, avg_pooling=False):
+    """How an export fails where its converter or runtime cannot do it
+    (the README's export table), or `None` where it works.
+
+    Args:
+        export_format: the format.
+        rank: the rank of the layer's inputs (5: 3-D convolution and
+            pooling).
+        max_pooling: whether the model max-pools.
+        avg_pooling: whether the model average-pools.
+
+    Returns:
+        `(exception type, message regex)` or `None`.
+    """
+    backend = keras.backend.backend()
+    if export_format == "litert" and rank == 5 and avg_pooling:
+        # LiteRT has no 3-D average pooling: Keras's converter settings
+        # keep it as a TensorFlow op, which the LiteRT interpreter (without
+        # the Flex delegate) refuses when it loads the model.
+        return RuntimeError, "FlexAvgPool3D"
+    if export_format == "onnx" and backend == "jax":
+        # jax2onnx 0.17 lowers no 3-D convolution, and lowers Keras's
+        # pooling windows (1, k, k, 1) to a MaxPool over 4 spatial axes,
+        # which ONNX Runtime refuses when it runs.
+        if rank == 5:
+            return NotImplementedError, "Unsupported conv layouts"
+        if max_pooling:
+            return RuntimeError, "MaxPool node.*Unsupported pooling size"
+    return None
 
 
 def check_distinct_initial_kernels(layer_or_model):
@@ -287,6 +351,17 @@ def _dynamic_shapes(input_shape, data_format):
     return out if _is_multi(input_shape) else out[0]
 
 
+def _grown(input_shape, data_format, by):
+    """The shapes with every spatial size `by` larger."""
+    out = []
+    for shape in _as_shape_list(input_shape):
+        shape = list(shape)
+        for axis in spatial_axes(len(shape), data_format):
+            shape[axis] += by
+        out.append(tuple(shape))
+    return out if _is_multi(input_shape) else out[0]
+
+
 def _with_batch(input_shape, batch):
     shapes = [(batch, *s[1:]) for s in _as_shape_list(input_shape)]
     return shapes if _is_multi(input_shape) else shapes[0]
@@ -353,13 +428,88 @@ def _check_keras_file(model, data, reference, tmp_path):
     )
 
 
-def check_export(model, data, reference, tmp_path, atol=1e-6):
-    """Check that `model.export()` serves `reference` for `data` in a
-    Python process that never imports keras_fusion."""
-    export_dir = os.path.join(tmp_path, "export")
-    model.export(export_dir, verbose=False)
-    served = serve_in_fresh_process(export_dir, data)
-    np.testing.assert_allclose(served, reference, rtol=0, atol=atol)
+# The formats of `model.export()`, each under the Keras backends that write
+# it (Keras 3.15): a SavedModel from TensorFlow (JAX writes one through
+# jax2tf, not tested here); LiteRT from TensorFlow (PyTorch through
+# litert-torch, issue 18); ONNX from TensorFlow through tf2onnx and from JAX
+# through jax2onnx (PyTorch through torch.onnx, issue 18).
+EXPORT_FORMATS = pytest.mark.parametrize(
+    "export_format",
+    [
+        pytest.param(
+            "tf_saved_model",
+            marks=pytest.mark.backends(
+                "tensorflow", reason="a SavedModel is a TensorFlow artifact"
+            ),
+            id="savedmodel",
+        ),
+        pytest.param(
+            "litert",
+            marks=pytest.mark.backends(
+                "tensorflow",
+                reason="Keras converts to LiteRT through TensorFlow",
+            ),
+            id="litert",
+        ),
+        pytest.param(
+            "onnx",
+            marks=pytest.mark.backends(
+                "tensorflow",
+                "jax",
+                reason="Keras converts to ONNX with tf2onnx or jax2onnx",
+            ),
+            id="onnx",
+        ),
+    ],
+)
+
+_EXPORT_PATHS = {
+    "tf_saved_model": "export",
+    "litert": "model.tflite",
+    "onnx": "model.onnx",
+}
+
+
+def check_export(model, cases, tmp_path, atol=1e-6, export_format=None):
+    """Check that `model.export(format=export_format)`, run by the format's
+    runtime in a Python process that never imports keras_fusion, gives the
+    reference outputs.
+
+    Args:
+        model: the model to export.
+        cases: `(inputs, reference)` pairs: each is run through the one
+            export.
+        tmp_path: where to write the export.
+        atol: the largest difference allowed.
+        export_format: `"tf_saved_model"` (the default), `"litert"` or
+            `"onnx"`.
+
+    Returns:
+        The export's path.
+    """
+    export_format = export_format or "tf_saved_model"
+    path = os.path.join(tmp_path, _EXPORT_PATHS[export_format])
+    # Keras's ONNX exporter refuses a model that was never called, and
+    # `predict` under JAX does not count (it runs `stateless_call`).
+    model(cases[0][0], training=False)
+    model.export(path, format=export_format, verbose=False)
+    names = [t.name for t in model.inputs]
+    for data, reference in cases:
+        served = serve_in_fresh_process(path, data, names)
+        np.testing.assert_allclose(served, reference, rtol=0, atol=atol)
+    return path
+
+
+def check_export_refuses(
+    model, valid, expected, invalid, tmp_path, export_format, match
+):
+    """Check that the export of `model` gives `expected` for `valid` in its
+    runtime and fails on `invalid` there, with an error matching `match`
+    (a regex, across lines)."""
+    model(valid)  # Keras exports to ONNX only a model that was called.
+    path = check_export(model, [(valid, expected)], tmp_path, 0, export_format)
+    with pytest.raises(RuntimeError, match=f"(?s){match}"):
+        serve_in_fresh_process(path, invalid)
 
 
 def _fit_one_step(model, data, target):

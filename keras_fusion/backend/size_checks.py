@@ -16,6 +16,12 @@ Why this is backend code and not `keras.ops`:
   names the input size and the requested one ("Expected size[1] in [0, 6],
   but got 10"), and the op names say what was required, as XLA's error
   names the failing node.
+- Converters drop `Assert` too (tf2onnx, the LiteRT converter), and
+  ONNX's Slice clamps a size beyond the input and its Pad crops for a
+  negative amount: a reshape to the size the crop or pad must have ends
+  each, so an ONNX runtime fails on the reshape (named after the op, with
+  `_size`) instead of returning a smaller map. LiteRT's own Slice and Pad
+  fail on such sizes.
 - Concrete tensors (eager TensorFlow tensors, JAX arrays outside
   `jax.jit`) are read as ints, so the static checks apply to them: slicing
   with a concrete negative start wraps as well.
@@ -91,8 +97,18 @@ def checked_slice(x, begin, size, name, message, fields):
         if s is not None
     ]
     x = _check(x, tf.reduce_all(tf.stack(in_range)), message, fields, name)
-    size = tf.stack([_slice_size(s) for s in size])
-    return tf.slice(x, tf.maximum(tf.stack(begin), 0), size, name)
+    sliced = tf.slice(
+        x,
+        tf.maximum(tf.stack(begin), 0),
+        tf.stack([_slice_size(s) for s in size]),
+        name,
+    )
+    # ONNX's Slice clamps a size beyond the input where TensorFlow and
+    # LiteRT fail, and converters drop `Assert`: the reshape to the
+    # requested sizes fails instead of a smaller crop leaving the model.
+    result = tf.shape(sliced)
+    expected = [result[a] if s is None else s for a, s in enumerate(size)]
+    return tf.reshape(sliced, tf.stack(expected), name=f"{name}_size")
 
 
 def checked_pad(x, pad_width, name, message, fields):
@@ -115,7 +131,12 @@ def checked_pad(x, pad_width, name, message, fields):
     tf = _tensorflow_for_run_time_sizes(fields)
     paddings = tf.stack([tf.stack(amounts) for amounts in pad_width])
     x = _check(x, tf.reduce_all(paddings >= 0), message, fields, name)
-    return tf.pad(x, paddings, name=name)
+    padded = tf.pad(x, paddings, name=name)
+    # ONNX's Pad crops where an amount is negative, where TensorFlow and
+    # LiteRT fail, and converters drop `Assert`: the reshape to the input
+    # size plus the amounts' positive parts fails instead.
+    grown = tf.shape(x) + tf.reduce_sum(tf.maximum(paddings, 0), axis=1)
+    return tf.reshape(padded, grown, name=f"{name}_size")
 
 
 def _tensorflow_for_run_time_sizes(fields):

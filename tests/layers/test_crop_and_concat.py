@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from keras_fusion import CropAndConcat
-from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
+from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
@@ -106,11 +106,15 @@ def test_layer_checks(input_shape, data_format, expected, tmp_path):
     )
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @LAYER_CASES
-def test_saved_model_export(input_shape, data_format, expected, tmp_path):
+def test_export(export_format, input_shape, data_format, expected, tmp_path):
     run_export_test(
-        CropAndConcat, {"data_format": data_format}, input_shape, tmp_path
+        CropAndConcat,
+        {"data_format": data_format},
+        input_shape,
+        tmp_path,
+        export_format=export_format,
     )
 
 

@@ -13,6 +13,8 @@ from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
 from tests.backend_utils import weighted_loss
+from tests.layer_test_case import EXPORT_FORMATS
+from tests.layer_test_case import export_limit
 from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
@@ -107,10 +109,10 @@ def test_layer_checks(recompute, input_shape, kwargs, num_weights, tmp_path):
     )
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @LAYER_CASES
-def test_saved_model_export(
-    recompute, input_shape, kwargs, num_weights, tmp_path
+def test_export(
+    export_format, recompute, input_shape, kwargs, num_weights, tmp_path
 ):
     if kwargs.get("data_format") == "channels_first":
         skip_unless_channels_first_convolution_runs(len(input_shape))
@@ -120,6 +122,8 @@ def test_saved_model_export(
         input_shape,
         tmp_path,
         atol=1e-5,
+        export_format=export_format,
+        fails_with=export_limit(export_format, rank=len(input_shape)),
     )
 
 

@@ -11,6 +11,8 @@ from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.layer_test_case import EXPORT_FORMATS
+from tests.layer_test_case import export_limit
 from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
@@ -45,12 +47,20 @@ def test_layer_checks(input_shape, kwargs, expected, tmp_path):
     )
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @LAYER_CASES
-def test_saved_model_export(input_shape, kwargs, expected, tmp_path):
+def test_export(export_format, input_shape, kwargs, expected, tmp_path):
     if kwargs.get("data_format") == "channels_first":
         skip_unless_channels_first_convolution_runs()
-    run_export_test(DenseNetStem, kwargs, input_shape, tmp_path, atol=1e-5)
+    run_export_test(
+        DenseNetStem,
+        kwargs,
+        input_shape,
+        tmp_path,
+        atol=1e-5,
+        export_format=export_format,
+        fails_with=export_limit(export_format, max_pooling=True),
+    )
 
 
 def _keras_applications_stem(input_shape, dtype=None):

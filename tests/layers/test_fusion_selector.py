@@ -10,8 +10,8 @@ import keras_fusion
 from keras_fusion import CropAndConcat
 from keras_fusion import FusionSelector
 from keras_fusion import WeightedAdd
-from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
+from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
@@ -181,12 +181,19 @@ def test_layer_checks(init_kwargs, input_shape, expected, weights, tmp_path):
     )
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @LAYER_CASES
-def test_saved_model_export(
-    init_kwargs, input_shape, expected, weights, tmp_path
+def test_export(
+    export_format, init_kwargs, input_shape, expected, weights, tmp_path
 ):
-    run_export_test(FusionSelector, init_kwargs, input_shape, tmp_path, 1e-5)
+    run_export_test(
+        FusionSelector,
+        init_kwargs,
+        input_shape,
+        tmp_path,
+        1e-5,
+        export_format=export_format,
+    )
 
 
 PROJECTION_CHANNELS_FIRST = {
@@ -213,8 +220,8 @@ def test_layer_checks_projection_channels_first(tmp_path):
     )
 
 
-@tensorflow_only
-def test_saved_model_export_projection_channels_first(tmp_path):
+@EXPORT_FORMATS
+def test_export_projection_channels_first(export_format, tmp_path):
     skip_unless_channels_first_convolution_runs()
     run_export_test(
         FusionSelector,
@@ -222,6 +229,7 @@ def test_saved_model_export_projection_channels_first(tmp_path):
         [(2, 5, 9, 8), (2, 3, 7, 8)],
         tmp_path,
         atol=1e-5,
+        export_format=export_format,
     )
 
 

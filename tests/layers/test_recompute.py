@@ -27,10 +27,10 @@ from tests.backend_utils import BACKEND
 from tests.backend_utils import assert_same_variables
 from tests.backend_utils import compiled_models
 from tests.backend_utils import fit_losses
-from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
 from tests.backend_utils import weighted_loss
+from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
@@ -196,11 +196,17 @@ def _decoder_level():
     return keras.Model(model.inputs, model.outputs[0], name="decoder_level")
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @pytest.mark.parametrize("name", ["conv_bn_dropout", "dense_block"])
-def test_saved_model_export(name, tmp_path):
+def test_export(export_format, name, tmp_path):
     make_block, input_shape = BLOCKS[name]
-    run_export_test(Recompute, {"layer": make_block()}, input_shape, tmp_path)
+    run_export_test(
+        Recompute,
+        {"layer": make_block()},
+        input_shape,
+        tmp_path,
+        export_format=export_format,
+    )
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))

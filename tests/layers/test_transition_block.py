@@ -13,6 +13,8 @@ from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.layer_test_case import EXPORT_FORMATS
+from tests.layer_test_case import export_limit
 from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
@@ -69,12 +71,22 @@ def test_layer_checks(input_shape, kwargs, expected, tmp_path):
     )
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @LAYER_CASES
-def test_saved_model_export(input_shape, kwargs, expected, tmp_path):
+def test_export(export_format, input_shape, kwargs, expected, tmp_path):
     if kwargs.get("data_format") == "channels_first":
         skip_unless_channels_first_convolution_runs(len(input_shape))
-    run_export_test(TransitionBlock, kwargs, input_shape, tmp_path, atol=1e-5)
+    run_export_test(
+        TransitionBlock,
+        kwargs,
+        input_shape,
+        tmp_path,
+        atol=1e-5,
+        export_format=export_format,
+        fails_with=export_limit(
+            export_format, rank=len(input_shape), avg_pooling=True
+        ),
+    )
 
 
 def test_matches_keras_applications_transition_block():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from keras_fusion import WeightedAdd
-from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import make_inputs
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
@@ -88,10 +88,17 @@ def test_layer_checks(init_kwargs, input_shape, tmp_path):
     )
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @LAYER_CASES
-def test_saved_model_export(init_kwargs, input_shape, tmp_path):
-    run_export_test(WeightedAdd, init_kwargs, input_shape, tmp_path, 1e-5)
+def test_export(export_format, init_kwargs, input_shape, tmp_path):
+    run_export_test(
+        WeightedAdd,
+        init_kwargs,
+        input_shape,
+        tmp_path,
+        1e-5,
+        export_format=export_format,
+    )
 
 
 @pytest.mark.parametrize(

@@ -313,7 +313,7 @@ def test_converted_model_export_serves_without_keras_fusion(
 ):
     ours = from_keras_application(source)
     reference = to_numpy(source(images, training=False))
-    check_export(ours, images, reference, tmp_path, atol=1e-5)
+    check_export(ours, [(images, reference)], tmp_path, atol=1e-5)
 
 
 def test_channels_first_model_matches_channels_last(source, images):

@@ -416,7 +416,7 @@ def test_export_serves_without_keras_fusion(recompute, tmp_path):
     model = FCDenseNet(**SMALL, recompute=recompute)
     images = _images(9)
     reference = to_numpy(model(images, training=False))
-    check_export(model, images, reference, tmp_path)
+    check_export(model, [(images, reference)], tmp_path)
 
 
 def test_channels_first_matches_channels_last():

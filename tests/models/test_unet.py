@@ -460,7 +460,7 @@ def test_recomputing_unet_export_serves_without_keras_fusion(tmp_path):
     model = _dynamic_recomputing_unet()
     images = _images(9)
     reference = to_numpy(model(images, training=False))
-    check_export(model, images, reference, tmp_path)
+    check_export(model, [(images, reference)], tmp_path)
 
 
 def test_recomputing_unet_channels_first_matches_channels_last():

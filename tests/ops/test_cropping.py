@@ -7,6 +7,7 @@ import pytest
 from keras_fusion import ops as kf_ops
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
+from tests.layer_test_case import check_export_refuses
 
 
 @pytest.mark.parametrize(
@@ -368,6 +369,33 @@ def test_exported_saved_model_errors_if_size_is_larger_than_input(tmp_path):
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=CROP_TOO_LARGE):
         serve(SMALL)
+
+
+# The converters drop the run-time `Assert`: LiteRT's own Slice fails on
+# the sizes, and ONNX's Slice, which clamps, is followed by a reshape to
+# the requested size that fails (its node named after the crop).
+EXPORTED_CROP_TOO_LARGE = {
+    "litert": "Invalid begin and size.*SLICE",
+    "onnx": "Reshape node.*center_crop_to_at_most_the_input_size_size",
+}
+
+
+@pytest.mark.backends(
+    "tensorflow", reason="sizes known only at run time are TensorFlow's"
+)
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+def test_exported_crop_fails_if_size_is_larger_than_input(
+    export_format, tmp_path
+):
+    check_export_refuses(
+        dynamic_crop_model(LARGER_SIZE),
+        valid := np.random.default_rng(0).random((2, 13, 12, 3), "float32"),
+        numpy_center_crop(valid, LARGER_SIZE),
+        SMALL,
+        tmp_path,
+        export_format,
+        EXPORTED_CROP_TOO_LARGE[export_format],
+    )
 
 
 @pytest.mark.backends("jax", reason="jax.jit traces with static shapes")

@@ -7,6 +7,7 @@ import pytest
 from keras_fusion import ops as kf_ops
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
+from tests.layer_test_case import check_export_refuses
 
 # The 3x3 image of the ZeroPadding2D examples in "【深度学习】深入浅出神经网络
 # 框架的模型元件(常用层和卷积层)".
@@ -324,6 +325,33 @@ def test_exported_saved_model_errors_if_pad_size_is_smaller(tmp_path):
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=PAD_TOO_SMALL):
         serve(LARGE)
+
+
+# The converters drop the run-time `Assert`: LiteRT's own Pad fails on a
+# negative amount, and ONNX's Pad, which crops there, is followed by a
+# reshape to the padded size that fails (its node named after the pad).
+EXPORTED_PAD_TOO_SMALL = {
+    "litert": "Pad value has to be greater than equal to 0.*PAD",
+    "onnx": "Reshape node.*center_pad_to_at_least_the_input_size_size",
+}
+
+
+@pytest.mark.backends(
+    "tensorflow", reason="sizes known only at run time are TensorFlow's"
+)
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+def test_exported_pad_fails_if_size_is_smaller_than_input(
+    export_format, tmp_path
+):
+    check_export_refuses(
+        dynamic_pad_model(SMALLER_SIZE),
+        valid := np.random.default_rng(0).random((2, 3, 10, 3), "float32"),
+        np.pad(valid, ((0, 0), (0, 1), (1, 1), (0, 0))),
+        LARGE,
+        tmp_path,
+        export_format,
+        EXPORTED_PAD_TOO_SMALL[export_format],
+    )
 
 
 @pytest.mark.backends("jax", reason="jax.jit traces with static shapes")
