@@ -157,16 +157,63 @@ def run_export_test(
     else:
         dynamic = _dynamic_shapes(input_shape, data_format)
         model = _functional_model(layer, dynamic)
-    cases = []
-    for shape in shapes:
-        data = make_inputs(shape)
-        cases.append((data, model.predict(data, verbose=0)))
+    data = [make_inputs(shape) for shape in shapes]
+    run_model_export_test(
+        model,
+        data,
+        tmp_path,
+        export_format,
+        atol=atol,
+        fails_with=fails_with,
+        fixed_sizes_on_jax=False,
+    )
+
+
+def run_model_export_test(
+    model,
+    data,
+    tmp_path,
+    export_format,
+    atol=1e-6,
+    fails_with=None,
+    fixed_sizes_on_jax=True,
+):
+    """Check that `model.export(format=export_format)`, run by the
+    format's runtime without keras_fusion, gives `model.predict`'s outputs
+    for each input in `data` (a list of arrays: one export runs them all).
+
+    Under JAX, with `fixed_sizes_on_jax`, the model is exported with the
+    spatial sizes of `data[0]` (`input_signature`) and runs `data[0]` only:
+    JAX crops and pads to static sizes, and jax2onnx traces `None` sizes as
+    symbols, one per input.
+
+    `fails_with`, from `export_limit`: `(exception type, message regex)`
+    of an export its converter or runtime cannot do, asserted instead.
+    """
+    input_signature = None
+    if fixed_sizes_on_jax and keras.backend.backend() == "jax":
+        data = data[:1]
+        specs = [
+            keras.InputSpec(shape=(None, *x.shape[1:]))
+            for x in _as_list(data[0])
+        ]
+        input_signature = [specs] if _is_multi_data(data[0]) else specs
+    cases = [(x, model.predict(x, verbose=0)) for x in data]
+    export = functools.partial(
+        check_export,
+        model,
+        cases,
+        tmp_path,
+        atol,
+        export_format,
+        input_signature=input_signature,
+    )
     if fails_with is None:
-        check_export(model, cases, tmp_path, atol, export_format)
+        export()
         return
     exception, match = fails_with
     with pytest.raises(exception, match=match):
-        check_export(model, cases, tmp_path, atol, export_format)
+        export()
 
 
 def export_limit(export_format, rank=4, max_pooling=False, avg_pooling=False):
@@ -326,6 +373,10 @@ def _is_multi(input_shape):
     return isinstance(input_shape[0], (list, tuple))
 
 
+def _is_multi_data(data):
+    return isinstance(data, (list, tuple))
+
+
 def _as_list(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -470,7 +521,9 @@ _EXPORT_PATHS = {
 }
 
 
-def check_export(model, cases, tmp_path, atol=1e-6, export_format=None):
+def check_export(
+    model, cases, tmp_path, atol=1e-6, export_format=None, input_signature=None
+):
     """Check that `model.export(format=export_format)`, run by the format's
     runtime in a Python process that never imports keras_fusion, gives the
     reference outputs.
@@ -483,6 +536,7 @@ def check_export(model, cases, tmp_path, atol=1e-6, export_format=None):
         atol: the largest difference allowed.
         export_format: `"tf_saved_model"` (the default), `"litert"` or
             `"onnx"`.
+        input_signature: `model.export()`'s, if not the model's inputs.
 
     Returns:
         The export's path.
@@ -492,7 +546,12 @@ def check_export(model, cases, tmp_path, atol=1e-6, export_format=None):
     # Keras's ONNX exporter refuses a model that was never called, and
     # `predict` under JAX does not count (it runs `stateless_call`).
     model(cases[0][0], training=False)
-    model.export(path, format=export_format, verbose=False)
+    model.export(
+        path,
+        format=export_format,
+        verbose=False,
+        input_signature=input_signature,
+    )
     names = [t.name for t in model.inputs]
     for data, reference in cases:
         served = serve_in_fresh_process(path, data, names)

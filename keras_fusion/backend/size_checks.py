@@ -65,6 +65,51 @@ def static_size(value):
     return int(value)
 
 
+def with_static_shape(x, shape):
+    """`x`, with `shape` (ints, `None` where unknown) as its static shape.
+
+    On TensorFlow, a slice or pad whose starts or amounts are tensors loses
+    every static size in shape inference, the channels too; Keras then
+    runs the next convolution through its XLA-compiled path for channels it
+    cannot see, a function call that the LiteRT converter keeps as a
+    TensorFlow op and tf2onnx cannot convert. The sizes that do not depend
+    on the run time are set back here. Other backends' shapes are concrete
+    or symbolic already: `x` is returned as it is.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    if tf.is_tensor(x) and not tf.executing_eagerly():
+        # A reshape, not `set_shape` or `ensure_shape`: converters infer
+        # shapes from the graph's ops again (LiteRT's MLIR, tf2onnx), and
+        # LiteRT has no EnsureShape. It moves no data.
+        dynamic = tf.shape(x)
+        sizes = [dynamic[a] if d is None else d for a, d in enumerate(shape)]
+        return tf.reshape(x, tf.stack(sizes))
+    return x
+
+
+def sliced_shape(x, size):
+    """The static shape of `x` cropped to `size` (see `checked_slice`)."""
+    return tuple(
+        dim if s is None else (s if isinstance(s, int) else None)
+        for dim, s in zip(x.shape, size, strict=True)
+    )
+
+
+def padded_shape(x, pad_width):
+    """The static shape of `x` padded by `pad_width` (see `checked_pad`)."""
+    return tuple(
+        dim + before + after
+        if dim is not None
+        and isinstance(before, int)
+        and isinstance(after, int)
+        else None
+        for dim, (before, after) in zip(x.shape, pad_width, strict=True)
+    )
+
+
 def checked_slice(x, begin, size, name, message, fields):
     """`x[begin:begin + size]` on every axis, failing if out of range.
 
@@ -106,8 +151,15 @@ def checked_slice(x, begin, size, name, message, fields):
     # ONNX's Slice clamps a size beyond the input where TensorFlow and
     # LiteRT fail, and converters drop `Assert`: the reshape to the
     # requested sizes fails instead of a smaller crop leaving the model.
+    # The sizes known before run time go in as constants, so that the
+    # converters see them too (see `with_static_shape`).
     result = tf.shape(sliced)
-    expected = [result[a] if s is None else s for a, s in enumerate(size)]
+    expected = [
+        (result[a] if s is None else s) if d is None else d
+        for a, (d, s) in enumerate(
+            zip(sliced_shape(x, size), size, strict=True)
+        )
+    ]
     return tf.reshape(sliced, tf.stack(expected), name=f"{name}_size")
 
 
@@ -136,7 +188,32 @@ def checked_pad(x, pad_width, name, message, fields):
     # LiteRT fail, and converters drop `Assert`: the reshape to the input
     # size plus the amounts' positive parts fails instead.
     grown = tf.shape(x) + tf.reduce_sum(tf.maximum(paddings, 0), axis=1)
-    return tf.reshape(padded, grown, name=f"{name}_size")
+    expected = [
+        grown[a] if d is None else d
+        for a, d in enumerate(padded_shape(x, pad_width))
+    ]
+    return tf.reshape(padded, tf.stack(expected), name=f"{name}_size")
+
+
+def check_traced_sizes(shapes):
+    """Raise unless the backend can crop or pad to sizes of these shapes
+    that are not ints: TensorFlow (run-time tensors) can.
+
+    JAX crops and pads to static sizes only (they set the output shape),
+    and `jax.export` and jax2onnx (`model.export(format="onnx")`) trace
+    `None` sizes as symbols, one per input, which JAX's slicing refuses
+    with a message that does not say what to do.
+    """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            f"With the {backend} backend, the spatial sizes of feature maps "
+            "to crop or pad to a common size should be known when they are "
+            "traced (they set the output shape). An export traces `None` "
+            "sizes as symbols: build the model with fixed spatial sizes, or "
+            "pass `input_signature` with them to `model.export()`. "
+            f"Received: input shapes {[tuple(s) for s in shapes]}"
+        )
 
 
 def _tensorflow_for_run_time_sizes(fields):
@@ -152,7 +229,8 @@ def _tensorflow_for_run_time_sizes(fields):
             f"With the {backend} backend, the spatial sizes of a crop or pad "
             "should be known when it is traced (they set the output shape): "
             "pass ints for `size` (static arguments of `jax.jit`) and give "
-            "`jax.export` fixed spatial sizes. Received: input shape "
+            "`jax.export` or `model.export()` fixed spatial sizes. Received: "
+            "input shape "
             f"{tuple(fields['shape'])}, size={tuple(fields['size'])}"
         )
     import tensorflow as tf

@@ -25,8 +25,11 @@ from keras_fusion._internal.checks import is_static_size
 from keras_fusion._internal.checks import smallest_spatial_shape
 from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_slice
+from keras_fusion.backend.size_checks import sliced_shape
 from keras_fusion.backend.size_checks import static_size
+from keras_fusion.backend.size_checks import with_static_shape
 
 _CROP_TOO_LARGE = (
     "Cannot centre-crop to a size larger than the input: `size` should be "
@@ -333,6 +336,7 @@ def _crop_to_smallest(tensors, data_format):
             continue
         # At least one size is only known at run time: take the minimum
         # in the graph so the crop follows the actual input.
+        check_traced_sizes(shapes)
         size = sizes[0]
         for other in sizes[1:]:
             size = ops.minimum(size, other)
@@ -340,7 +344,13 @@ def _crop_to_smallest(tensors, data_format):
     # The smallest size is never larger than an input's, so the crop
     # cannot fall outside it: a plain slice, without `_center_crop`'s
     # run-time check.
-    return [_slice(t, *_crop_window(t, smallest, data_format)) for t in tensors]
+    cropped = []
+    for t in tensors:
+        begin, size = _crop_window(t, smallest, data_format)
+        cropped.append(
+            with_static_shape(_slice(t, begin, size), sliced_shape(t, size))
+        )
+    return cropped
 
 
 def _slice(x, begin, size):

@@ -24,7 +24,10 @@ from keras_fusion._internal.checks import is_static_size
 from keras_fusion._internal.checks import largest_spatial_shape
 from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_pad
+from keras_fusion.backend.size_checks import padded_shape
+from keras_fusion.backend.size_checks import with_static_shape
 from keras_fusion.ops.cropping import center_crop_offsets
 
 _PAD_TOO_SMALL = (
@@ -224,6 +227,7 @@ def _pad_to_largest(tensors, data_format):
             continue
         # At least one size is only known at run time: take the maximum
         # in the graph so the padding follows the actual input.
+        check_traced_sizes(shapes)
         size = sizes[0]
         for other in sizes[1:]:
             size = ops.maximum(size, other)
@@ -233,7 +237,11 @@ def _pad_to_largest(tensors, data_format):
     padded = []
     for t in tensors:
         pad_width = _pad_width(t, largest, data_format)
-        padded.append(t if pad_width is None else ops.pad(t, pad_width))
+        if pad_width is not None:
+            t = with_static_shape(
+                ops.pad(t, pad_width), padded_shape(t, pad_width)
+            )
+        padded.append(t)
     return padded
 
 

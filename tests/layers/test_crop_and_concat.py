@@ -497,3 +497,17 @@ def test_crop_and_concat_errors_if_mask_count_differs_from_inputs():
         "2 here. Received: a list of length 3",
     ):
         CropAndConcat().compute_mask(arrays, [None, None, None])
+
+
+@pytest.mark.backends("jax", reason="JAX crops to static sizes only")
+def test_onnx_export_of_none_sizes_says_to_fix_the_sizes(tmp_path):
+    # jax2onnx traces each input's `None` sizes as symbols of their own.
+    first, second = keras.Input((None, None, 3)), keras.Input((None, None, 4))
+    model = keras.Model([first, second], CropAndConcat()([first, second]))
+    model(make_inputs([(1, 9, 9, 3), (1, 7, 7, 4)]))
+    match = (
+        r"(?s)CropAndConcat.*should be known when they are traced.*fixed "
+        r"spatial sizes, or pass `input_signature`.*Received: input shapes"
+    )
+    with pytest.raises(ValueError, match=match):
+        model.export(str(tmp_path / "model.onnx"), format="onnx", verbose=False)

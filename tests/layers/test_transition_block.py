@@ -389,3 +389,30 @@ def test_transition_block_errors_if_recompute_is_not_a_bool(recompute):
         f"{re.escape(repr(recompute))}",
     ):
         TransitionBlock(recompute=recompute)
+
+
+@pytest.mark.backends(
+    "tensorflow", reason="Keras converts to LiteRT through TensorFlow"
+)
+def test_litert_builtin_ops_export_names_the_layer_and_the_op(tmp_path):
+    # LiteRT has no 3-D average pooling. Keras's converter settings keep it
+    # as a TensorFlow op (which needs the Flex delegate: `test_export`);
+    # asked for LiteRT's builtin ops only, the export itself fails and
+    # says which layer and op.
+    import tensorflow as tf
+
+    inputs = keras.Input((None, None, None, 8))
+    model = keras.Model(inputs, TransitionBlock(name="transition3d")(inputs))
+    with pytest.raises(
+        Exception, match=r"transition3d(_\d+)?/\w+/AvgPool3D"
+    ) as info:
+        model.export(
+            str(tmp_path / "model.tflite"),
+            format="litert",
+            verbose=False,
+            target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
+        )
+    assert type(info.value).__name__ == "ConverterError"
+    assert "'tf.AvgPool3D' op is neither a custom op nor a flex op" in str(
+        info.value
+    )

@@ -20,8 +20,10 @@ from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import check_distinct_initial_kernels
-from tests.layer_test_case import check_export
+from tests.layer_test_case import export_limit
+from tests.layer_test_case import run_model_export_test
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 from tests.models.sublayers import batch_normalizations
 
@@ -306,14 +308,57 @@ def test_own_weights_file_round_trips(source, images, tmp_path):
     )
 
 
-@tensorflow_only
+@EXPORT_FORMATS
 @pytest.mark.slow
-def test_converted_model_export_serves_without_keras_fusion(
-    source, images, tmp_path
+def test_converted_model_export_runs_without_keras_fusion(
+    export_format, source, images, tmp_path
 ):
+    # DenseNet-121 converted from keras.applications (32x32 inputs, fixed
+    # as keras.applications builds it): its export gives the source
+    # model's predictions.
     ours = from_keras_application(source)
-    reference = to_numpy(source(images, training=False))
-    check_export(ours, [(images, reference)], tmp_path, atol=1e-5)
+    np.testing.assert_allclose(
+        ours.predict(images, verbose=0),
+        source.predict(images, verbose=0),
+        rtol=0,
+        atol=1e-5,
+    )
+    run_model_export_test(
+        ours,
+        [images],
+        tmp_path,
+        export_format,
+        atol=1e-5,
+        fails_with=export_limit(export_format, max_pooling=True),
+    )
+
+
+@EXPORT_FORMATS
+@pytest.mark.parametrize("recompute", [False, True])
+def test_densenet_bc_export_runs_without_keras_fusion(
+    export_format, recompute, tmp_path
+):
+    # DenseNet-BC (the CIFAR stem: no max pooling) with `None` spatial
+    # sizes, run at two sizes.
+    keras.utils.set_random_seed(0)
+    model = DenseNetBC(
+        depth=16,
+        growth_rate=4,
+        input_shape=(None, None, 3),
+        classes=10,
+        recompute=recompute,
+    )
+    rng = np.random.default_rng(3)
+    run_model_export_test(
+        model,
+        [
+            rng.normal(size=s).astype("float32")
+            for s in [(2, 32, 32, 3), (1, 24, 40, 3)]
+        ],
+        tmp_path,
+        export_format,
+        atol=1e-5,
+    )
 
 
 def test_channels_first_model_matches_channels_last(source, images):

@@ -9,10 +9,11 @@ from keras_fusion.models import unet_level_sizes
 from tests.backend_utils import assert_same_training_steps
 from tests.backend_utils import assert_same_variables
 from tests.backend_utils import hold_the_same_variables
-from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
+from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import check_distinct_initial_kernels
-from tests.layer_test_case import check_export
+from tests.layer_test_case import export_limit
+from tests.layer_test_case import run_model_export_test
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 # Ronneberger et al. (2015), Fig. 1: the spatial size after each pair of
@@ -432,7 +433,7 @@ def test_recomputing_unet_fits_as_the_plain_model():
     assert_same_variables(ours.variables, plain.variables)
 
 
-def _dynamic_recomputing_unet():
+def _dynamic_recomputing_unet(recompute=True):
     keras.utils.set_random_seed(0)
     return UNet(
         input_shape=(None, None, 1),
@@ -440,7 +441,7 @@ def _dynamic_recomputing_unet():
         num_levels=2,
         batch_norm=True,
         dropout_rate=0.5,
-        recompute=True,
+        recompute=recompute,
     )
 
 
@@ -455,12 +456,22 @@ def test_recomputing_unet_reloads_from_a_keras_file(tmp_path):
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), reference)
 
 
-@tensorflow_only
-def test_recomputing_unet_export_serves_without_keras_fusion(tmp_path):
-    model = _dynamic_recomputing_unet()
-    images = _images(9)
-    reference = to_numpy(model(images, training=False))
-    check_export(model, [(images, reference)], tmp_path)
+@EXPORT_FORMATS
+@pytest.mark.parametrize("recompute", [False, True])
+def test_unet_export_runs_without_keras_fusion(
+    export_format, recompute, tmp_path
+):
+    # `recompute=True` wraps each level in `Recompute`. Two input sizes
+    # through one export with `None` spatial sizes.
+    model = _dynamic_recomputing_unet(recompute)
+    run_model_export_test(
+        model,
+        [_images(9), _images(10, batch=1, shape=(76, 84, 1))],
+        tmp_path,
+        export_format,
+        atol=1e-5,
+        fails_with=export_limit(export_format, max_pooling=True),
+    )
 
 
 def test_recomputing_unet_channels_first_matches_channels_last():
