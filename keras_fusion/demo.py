@@ -14,14 +14,18 @@ Steps:
      there: on a CPU only its allocator keeps them); prints the allocator
      measured, or one line saying why the step was skipped where
      TensorFlow keeps no statistics.
-  4. `model.export()` of the U-Net, served in a fresh Python process that
-     never imports keras_fusion, predictions compared.
+  4. `model.export()` of the U-Net as a SavedModel, a LiteRT `.tflite` file
+     and an ONNX file, each served in a fresh Python process by its own
+     runtime (`tf.saved_model.load`, the `ai-edge-litert` interpreter, ONNX
+     Runtime) that never imports keras_fusion (nor, for LiteRT and ONNX,
+     TensorFlow or Keras), predictions compared with Keras's.
   5. A summary table, and where each artifact was written.
 """
 
 import os
 import sys
 import time
+import warnings
 
 from keras_fusion.profiling import AllocatorStatsUnavailableError
 from keras_fusion.profiling import measure_in_fresh_process
@@ -33,6 +37,15 @@ _INSTALL_HINT = (
 # U-Net: depth 2, valid convolutions: a 92x92 input gives a 52x52 output.
 _UNET_INPUT = 92
 _UNET_OUTPUT = 52
+# The U-Net's exports: (name, what `model.export()` writes in `--output`,
+# its `format=`, the runtime `serve_in_fresh_process` runs it with).
+_EXPORTS = (
+    ("SavedModel", "unet_savedmodel", "tf_saved_model", "tf.saved_model.load"),
+    ("LiteRT", "unet.tflite", "litert", "ai_edge_litert Interpreter"),
+    ("ONNX", "unet.onnx", "onnx", "onnxruntime InferenceSession"),
+)
+# The largest |served - Keras| difference an export may have.
+_EXPORT_TOLERANCE = 1e-4
 
 
 def check_backend():
@@ -99,7 +112,7 @@ def run(output, quick=False):
     rows += _classification(settings)
     _say(3, "peak memory of one DenseNet training step, fresh processes")
     rows += _memory(settings)
-    _say(4, "model.export() of the U-Net, served without keras_fusion")
+    _say(4, "U-Net as SavedModel, LiteRT and ONNX, served without keras_fusion")
     rows += _export(unet, test_images, output)
     _print_summary(rows, output)
     return rows
@@ -428,22 +441,59 @@ def _export(model, images, output):
 
     from keras_fusion._internal.serving import serve_in_fresh_process
 
-    export_dir = os.path.join(output, "unet_savedmodel")
-    start = time.perf_counter()
-    model.export(export_dir, verbose=False)
-    served = serve_in_fresh_process(export_dir, images)
+    # Calling the model also marks it called, which the ONNX exporter needs.
     expected = np.asarray(model(images, training=False))
-    difference = float(np.max(np.abs(served - expected)))
-    seconds = time.perf_counter() - start
-    if difference > 1e-4:
-        raise RuntimeError(
-            f"The exported U-Net's predictions differ by {difference:.3g}"
+    rows = []
+    for name, filename, export_format, runtime in _EXPORTS:
+        path = os.path.join(output, filename)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            # Keras's tf2onnx patch asks NumPy for `np.object`, and NumPy
+            # warns about that name; nothing the demo's user can act on.
+            warnings.filterwarnings(
+                "ignore",
+                category=FutureWarning,
+                module="keras.src.export.tf2onnx_lib",
+            )
+            model.export(path, format=export_format, verbose=False)
+        exported = time.perf_counter()
+        served = serve_in_fresh_process(path, images)
+        finished = time.perf_counter()
+        difference = float(np.max(np.abs(served - expected)))
+        if difference > _EXPORT_TOLERANCE:
+            raise RuntimeError(
+                f"The U-Net's {name} export ({path}) predicts differently "
+                f"from Keras: largest difference {difference:.3g}, more "
+                f"than {_EXPORT_TOLERANCE:g}"
+            )
+        print(
+            f"{name}: {path}, {_size_on_disk(path) / 2**20:.2f} MB, exported "
+            f"in {exported - start:.1f} s; {len(images)} images served by "
+            f"{runtime} (fresh process, no keras_fusion) in "
+            f"{finished - exported:.1f} s; largest difference "
+            f"{difference:.2g}",
+            flush=True,
         )
-    print(
-        f"served {len(images)} images from {export_dir} in a process without "
-        f"keras_fusion; largest difference {difference:.2g}"
+        rows.append(
+            (
+                f"U-Net {name}",
+                "max |served - Keras|",
+                difference,
+                finished - start,
+            )
+        )
+    return rows
+
+
+def _size_on_disk(path):
+    """Bytes in a file, or in every file under a directory."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(
+        os.path.getsize(os.path.join(root, file))
+        for root, _, files in os.walk(path)
+        for file in files
     )
-    return [("U-Net SavedModel", "max |served - Keras|", difference, seconds)]
 
 
 def _print_summary(rows, output):
@@ -460,4 +510,5 @@ def _print_summary(rows, output):
         )
     print("\nArtifacts")
     print(f"  {os.path.join(output, 'unet_predictions.png')}")
-    print(f"  {os.path.join(output, 'unet_savedmodel')}")
+    for _, filename, _, _ in _EXPORTS:
+        print(f"  {os.path.join(output, filename)}")

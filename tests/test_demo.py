@@ -82,8 +82,22 @@ def test_quick_demo_runs_every_step_and_writes_its_artifacts(tmp_path):
         line for line in summary.splitlines() if "peak ratio" in line
     )
     assert 0 < float(ratio_line.split()[-2]) < 1
+    # One row per export format, each served within the demo's bound.
+    for export in ("SavedModel", "LiteRT", "ONNX"):
+        row = next(
+            line
+            for line in summary.splitlines()
+            if line.startswith(f"U-Net {export} ")
+        )
+        assert "max |served - Keras|" in row
+        assert 0 <= float(row.split()[-2]) <= 1e-4, row
     assert (output / "unet_predictions.png").stat().st_size > 10_000
     assert (output / "unet_savedmodel" / "saved_model.pb").exists()
+    assert (output / "unet.tflite").stat().st_size > 10_000
+    assert (output / "unet.onnx").stat().st_size > 10_000
+    artifacts = summary.split("\nArtifacts\n", 1)[1]
+    for name in ("unet_savedmodel", "unet.tflite", "unet.onnx"):
+        assert str(output / name) in artifacts
 
 
 def test_console_script_is_installed_next_to_python():
