@@ -24,8 +24,6 @@ import textwrap
 
 import numpy as np
 
-FORMATS = ("tf_saved_model", "litert", "onnx")
-
 _SERVE_SCRIPT = textwrap.dedent(
     """
     import os
