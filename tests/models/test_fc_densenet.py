@@ -422,7 +422,8 @@ def test_export_runs_without_keras_fusion(export_format, recompute, tmp_path):
         [_images(9), _images(10, shape=(32, 51, 3), batch=1)],
         tmp_path,
         export_format,
-        atol=1e-5,
+        # LiteRT and ONNX Runtime convolve in their own order.
+        atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
         fails_with=export_limit(export_format, max_pooling=True),
     )
 

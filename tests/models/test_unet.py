@@ -469,7 +469,8 @@ def test_unet_export_runs_without_keras_fusion(
         [_images(9), _images(10, batch=1, shape=(76, 84, 1))],
         tmp_path,
         export_format,
-        atol=1e-5,
+        # LiteRT and ONNX Runtime convolve in their own order.
+        atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
         fails_with=export_limit(export_format, max_pooling=True),
     )
 
