@@ -70,15 +70,31 @@ def compiled_models(layers, input_shape, jit_compile):
     return models
 
 
+def reset_unseeded_dropout(seed):
+    """Under PyTorch, reset torch's global generator, from which Keras draws
+    the dropout masks of layers built without a `seed` (its `dropout`
+    then takes `torch.nn.functional.dropout`, "since torch doesn't support
+    seeding dropout"), instead of from the layer's seed state as on
+    TensorFlow and JAX. Two models compared call for call then draw the
+    same masks. Does nothing on the other backends."""
+    if BACKEND == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+
+
 def fit_losses(models, x, y, batch_size, epochs=2):
     """Each model's loss history over `epochs` of `fit` on `(x, y)`, in
-    the same order of batches."""
-    return [
-        model.fit(
+    the same order of batches (and, under PyTorch, the same dropout masks
+    for unseeded dropout: `reset_unseeded_dropout`)."""
+    histories = []
+    for model in models:
+        reset_unseeded_dropout(0)
+        history = model.fit(
             x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0
-        ).history["loss"]
-        for model in models
-    ]
+        )
+        histories.append(history.history["loss"])
+    return histories
 
 
 def hold_the_same_variables(ours, plain):
@@ -102,8 +118,10 @@ def assert_same_training_steps(ours, plain, batches, learning_rate):
     update, so that each step compares the same function."""
     optimizer = keras.optimizers.SGD(learning_rate)
     paths = ["input"] + [w.path for w in plain.trainable_weights]
-    for images in batches:
+    for step, images in enumerate(batches):
+        reset_unseeded_dropout(step)
         y_plain, g_plain = value_and_grads(plain, images)
+        reset_unseeded_dropout(step)
         y_ours, g_ours = value_and_grads(ours, images)
         np.testing.assert_allclose(y_ours, y_plain, rtol=1e-5, atol=1e-6)
         for mine, reference, path in zip(g_ours, g_plain, paths, strict=True):

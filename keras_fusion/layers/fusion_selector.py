@@ -475,6 +475,20 @@ class FusionSelector(keras.layers.Layer):
             )
         return self._weighted_add.fusion_weights
 
+    def __getattr__(self, name):
+        # Under PyTorch a Layer is a `torch.nn.Module`, whose `__getattr__`
+        # Python calls when a property raises AttributeError: it would
+        # replace the property's message (which names the mode) with
+        # "'FusionSelector' object has no attribute 'fusion_weights'".
+        if name == "fusion_weights":
+            return type(self).fusion_weights.fget(self)
+        parent = getattr(super(), "__getattr__", None)
+        if parent is None:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            )
+        return parent(name)
+
     # Sublayers, one concern each, in the order `call` applies them:
     # per-input BatchNorm, projection, alignment, fusion.
 

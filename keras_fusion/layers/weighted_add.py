@@ -47,6 +47,7 @@ class WeightedAdd(keras.layers.Layer):
 
     Example:
 
+    >>> import keras
     >>> import numpy as np
     >>> from keras_fusion import WeightedAdd
     >>> a = np.full((2, 8, 8, 16), 1.0, dtype="float32")
@@ -57,7 +58,7 @@ class WeightedAdd(keras.layers.Layer):
 
     The weights start at 1, so the untrained layer averages its inputs:
 
-    >>> round(float(y[0, 0, 0, 0]), 3)
+    >>> round(float(keras.ops.convert_to_numpy(y)[0, 0, 0, 0]), 3)
     2.0
 
     One weight per input and channel:

@@ -503,6 +503,10 @@ def test_fusion_weights_exist_only_in_weighted_add_mode(mode):
     layer.build([(None, 5, 5, 4)] * 2)
     with pytest.raises(AttributeError, match="mode='weighted_add'"):
         layer.fusion_weights  # noqa: B018
+    assert not hasattr(layer, "fusion_weights")
+    # Other missing attributes keep Python's (or torch.nn.Module's) error.
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        layer.no_such_attribute  # noqa: B018
 
 
 @pytest.mark.parametrize("num_inputs", [2, 3])

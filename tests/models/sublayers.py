@@ -30,7 +30,7 @@ def batch_normalizations(model):
         ).__module__.startswith("keras_fusion."):
             stack.extend(
                 attribute
-                for name, attribute in vars(value).items()
+                for name, attribute in _attributes(value)
                 if not name.startswith("_")
             )
     moving_means = [w for w in model.weights if w.path.endswith("moving_mean")]
@@ -39,3 +39,12 @@ def batch_normalizations(model):
         "moving means"
     )
     return found
+
+
+def _attributes(value):
+    """`value`'s attributes as `(name, value)` pairs. Under PyTorch a Layer
+    is a `torch.nn.Module`, which keeps the attributes that hold modules
+    (sublayers) in its `_modules` dict instead of the instance's, and
+    hands them out through `__getattr__`."""
+    yield from vars(value).items()
+    yield from getattr(value, "_modules", {}).items()
