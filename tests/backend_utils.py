@@ -15,9 +15,24 @@ from keras import ops
 
 BACKEND = keras.backend.backend()
 
-tensorflow_only = pytest.mark.backends(
-    "tensorflow", reason="about a TensorFlow artifact or API"
+
+def tensorflow_only(reason):
+    """The `backends` marker for a test of TensorFlow's own: `reason`
+    names the TensorFlow piece it tests, which the other backends lack."""
+    return pytest.mark.backends("tensorflow", reason=reason)
+
+
+# What the tests marked below test.
+TF_KERNEL = (
+    "counts what TensorFlow's custom-gradient kernel recomputes; JAX and "
+    "PyTorch recompute through keras.remat, whose saved bytes the "
+    "*_keeps_* tests count"
 )
+TF_RUN_TIME_SIZES = (
+    "sizes known only at run time (tf.function, XLA, SavedModel); JAX "
+    "traces static sizes and PyTorch's are ints"
+)
+TF_ALLOCATOR = "reads TensorFlow's CPU allocator statistics (oneDNN)"
 
 
 def record_recomputations(monkeypatch):
@@ -150,16 +165,16 @@ def value_and_grads(layer, x, loss_fn=weighted_loss, jit_compile=False):
 
     `x` is one array or a list of arrays (then `d_x` is a list too). With
     `jit_compile`, the TensorFlow step runs under
-    `tf.function(jit_compile=True)`; JAX steps are always `jax.jit`ted.
+    `tf.function(jit_compile=True)` and the PyTorch step (forward, loss
+    and `backward()`, as in Keras's torch trainer) under `torch.compile`;
+    JAX steps are always `jax.jit`ted.
     """
     if BACKEND == "tensorflow":
         return _tensorflow(layer, x, loss_fn, jit_compile)
     if BACKEND == "jax":
         return _jax(layer, x, loss_fn, jit_compile)
     if BACKEND == "torch":
-        if jit_compile:
-            pytest.skip("no jit_compile training step with PyTorch here")
-        return _torch(layer, x, loss_fn)
+        return _torch(layer, x, loss_fn, jit_compile)
     raise NotImplementedError(BACKEND)
 
 
@@ -213,7 +228,7 @@ def _jax(layer, x, loss_fn, jit_compile):
     return _numpy(y), [_numpy(d_x), *_numpy(d_trainable)]
 
 
-def _torch(layer, x, loss_fn):
+def _torch(layer, x, loss_fn, jit_compile):
     import torch
 
     def leaf(array):
@@ -224,8 +239,16 @@ def _torch(layer, x, loss_fn):
         layer(x, training=False)
     for variable in layer.trainable_variables:
         variable.value.grad = None
-    y = layer(x, training=True)
-    loss_fn(y).backward()
+
+    def step(x):
+        y = layer(x, training=True)
+        loss_fn(y).backward()
+        return y
+
+    if jit_compile:
+        # As Keras's torch trainer compiles its training step.
+        step = torch.compile(step)
+    y = step(x)
     d_x = [a.grad for a in x] if isinstance(x, list) else x.grad
     grads = [d_x, *(v.value.grad for v in layer.trainable_variables)]
     return _numpy(keras.tree.map_structure(lambda t: t.detach(), y)), _numpy(

@@ -10,6 +10,7 @@ import keras
 import pytest
 
 from keras_fusion import demo
+from tests.backend_utils import TF_ALLOCATOR
 from tests.backend_utils import tensorflow_only
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "keras-fusion")
@@ -110,7 +111,7 @@ def test_console_script_is_installed_next_to_python():
     assert "DenseNet-BC" in result.stdout
 
 
-@tensorflow_only
+@tensorflow_only("keeps TensorFlow's C++ log lines off the terminal")
 @pytest.mark.parametrize(
     "command",
     [[SCRIPT], [sys.executable, "-m", "keras_fusion"]],
@@ -130,7 +131,7 @@ def test_command_keeps_tensorflow_log_lines_off_the_terminal(command):
     assert not TENSORFLOW_LOG_LINE.search(output), output
 
 
-@tensorflow_only
+@tensorflow_only("keeps TensorFlow's C++ log lines off the terminal")
 def test_command_respects_the_users_tensorflow_log_level():
     result = subprocess.run(
         [SCRIPT, "demo", "--help"],
@@ -158,7 +159,7 @@ def test_importing_keras_fusion_leaves_tensorflow_logging_alone():
     assert result.stdout.split()[-1] != "3"
 
 
-@tensorflow_only
+@tensorflow_only(TF_ALLOCATOR)
 @pytest.mark.slow
 def test_memory_step_is_skipped_in_one_line_without_allocator_statistics(
     monkeypatch, capsys

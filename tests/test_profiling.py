@@ -12,6 +12,7 @@ import pytest
 from keras_fusion import profiling as memory
 from keras_fusion.profiling import AllocatorStatsUnavailableError
 from keras_fusion.profiling import measure_in_fresh_process
+from tests.backend_utils import TF_ALLOCATOR
 from tests.backend_utils import tensorflow_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -59,7 +60,7 @@ def _training_peak(recompute, device=None):
     return result
 
 
-@tensorflow_only
+@tensorflow_only(TF_ALLOCATOR)
 @pytest.mark.slow
 def test_recomputation_keeps_training_memory_down():
     # A guard against the saving silently regressing (as torchvision's did,
@@ -70,7 +71,7 @@ def test_recomputation_keeps_training_memory_down():
     assert _training_peak("concat_bn")["peak_bytes"] < 0.5 * plain
 
 
-@tensorflow_only
+@tensorflow_only(TF_ALLOCATOR)
 @pytest.mark.slow
 def test_measures_with_onednn_when_the_caller_turned_it_off(monkeypatch):
     # As on a CPU without AVX-512, where TensorFlow keeps oneDNN, and with
@@ -82,7 +83,7 @@ def test_measures_with_onednn_when_the_caller_turned_it_off(monkeypatch):
     assert result["allocator"] == "oneDNN CPU allocator"
 
 
-@tensorflow_only
+@tensorflow_only(TF_ALLOCATOR)
 @pytest.mark.slow
 def test_names_what_is_missing_when_the_process_keeps_no_statistics():
     with pytest.raises(AllocatorStatsUnavailableError) as info:
@@ -98,7 +99,7 @@ def test_names_what_is_missing_when_the_process_keeps_no_statistics():
     assert "oneDNN is off in this process (TF_ENABLE_ONEDNN_OPTS=0)" in message
 
 
-@tensorflow_only
+@tensorflow_only(TF_ALLOCATOR)
 @pytest.mark.parametrize(
     "setting, reason",
     [

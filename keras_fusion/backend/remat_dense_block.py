@@ -28,8 +28,9 @@ layer updates the moving statistics from them.
 - `"concat_bn"`: the bottleneck convolution's output is kept too
   (`jax.checkpoint` policy `save_only_these_names`); the 3x3 convolution
   runs outside the rematerialised function. Under PyTorch, whose
-  checkpoint has no such policy, the bottleneck part alone is
-  rematerialised.
+  checkpoint has no such policy, the bottleneck part and the second
+  BatchNorm-ReLU are rematerialised as two functions, the bottleneck
+  output passing between them.
 
 The ops are those of `keras.layers.BatchNormalization`, `Conv*D` and
 `Dropout`, on the same values, so outputs, statistics and gradients are
@@ -108,10 +109,15 @@ class _DenseLayerFunction:
             h, statistics = self._jax_concat_bn(features, weights)
         else:
             # Rematerialise concatenation, BatchNorm, ReLU and the 1x1
-            # convolution; the bottleneck output is the function's output
-            # and so is kept.
+            # convolution, then the second BatchNorm-ReLU: the bottleneck
+            # output is kept (the first function's output, the second's
+            # input), as JAX's policy keeps it, and so is the 3x3
+            # convolution's input (outside both). Without the second
+            # function autograd would keep three more bottleneck-sized
+            # maps per layer (BatchNorm's centred input, the ReLU output
+            # and its channels-first copy).
             b, statistics = keras.remat(self._bottleneck)(features, weights)
-            h, statistics_1 = self._second_half(b, weights)
+            h, statistics_1 = keras.remat(self._second_half)(b, weights)
             statistics = statistics + statistics_1
         f = self._conv(h, self._layer(weights).kernel2)
         return self._dropout(f), statistics

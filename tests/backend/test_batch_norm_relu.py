@@ -143,7 +143,10 @@ def test_layer_spec_weights_round_trip(bottleneck):
             )
 
 
-@tensorflow_only
+@tensorflow_only(
+    "tests the TensorFlow kernel's one-op BatchNorm gradient "
+    "(FusedBatchNormGradV3)"
+)
 @pytest.mark.parametrize(
     "shape", [(4, 9, 7), (4, 5, 6, 7), (2, 3, 4, 5, 7)], ids=["1d", "2d", "3d"]
 )

@@ -26,7 +26,7 @@ import pytest
 
 from tests.backend_utils import tensorflow_only
 
-pytestmark = [tensorflow_only, pytest.mark.slow]
+pytestmark = [tensorflow_only("tf.distribute"), pytest.mark.slow]
 
 MODELS = [
     "dense_block_full",

@@ -12,7 +12,7 @@ import pytest
 
 from tests.backend_utils import tensorflow_only
 
-pytestmark = [tensorflow_only, pytest.mark.slow]
+pytestmark = [tensorflow_only("tf.distribute"), pytest.mark.slow]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 TIMEOUT_SECONDS = 300

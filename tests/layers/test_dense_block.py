@@ -6,6 +6,7 @@ import pytest
 
 from keras_fusion import MemoryEfficientDenseBlock
 from tests.backend_utils import BACKEND
+from tests.backend_utils import TF_KERNEL
 from tests.backend_utils import compiled_models
 from tests.backend_utils import fit_losses
 from tests.backend_utils import record_recomputations
@@ -300,11 +301,15 @@ def test_moving_statistics_update_once_per_step(policy):
             mine.assign(reference)
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+# Under PyTorch `jit_compile=True` is `torch.compile`: its first
+# compilation in a process takes ~25 s on CI's machine (8 s after).
+@pytest.mark.parametrize(
+    "jit_compile",
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["eager", "jit"],
+)
 @pytest.mark.parametrize("policy", POLICIES)
 def test_fit_matches_the_plain_block(policy, jit_compile):
-    if jit_compile and BACKEND == "torch":
-        pytest.skip("jit_compile=True is torch.compile with PyTorch")
     input_shape = (8, 6, 6, 5)
     x = make_inputs(input_shape, seed=3)
     target = make_inputs((8, 6, 6, 5 + 4 * 6), seed=4)
@@ -361,7 +366,7 @@ def test_xla_training_step_matches_eager(policy):
         _assert_close_relative(mine, reference, 1e-5)
 
 
-@tensorflow_only
+@tensorflow_only(TF_KERNEL)
 @pytest.mark.parametrize("policy", POLICIES)
 def test_backward_pass_recomputes_every_layer(policy, monkeypatch):
     # Observed from outside: every BatchNorm-ReLU the kernel recomputes
@@ -381,13 +386,21 @@ def test_backward_pass_recomputes_every_layer(policy, monkeypatch):
     assert [shape[-1] for shape in recomputed] == expected
 
 
-@pytest.mark.backends("jax", reason="counts the residuals jax.checkpoint saves")
+KEEPS = pytest.mark.backends(
+    "jax",
+    "torch",
+    reason="counts what autodiff keeps: JAX's residuals, PyTorch's saved "
+    "tensors and checkpoint inputs",
+)
+
+
+@KEEPS
 @pytest.mark.parametrize(
     "policy, bottleneck",
     [("full", 4), ("concat_bn", 4), ("concat_bn", None)],
     ids=["full", "concat_bn", "concat_bn-no-bottleneck"],
 )
-def test_jax_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
+def test_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
     from benchmarks.residuals import saved_residual_bytes
 
     def residuals(recompute, num_layers):
@@ -406,6 +419,35 @@ def test_jax_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
     )
     # The plain block's residuals grow faster than linearly.
     assert plain[2] - plain[1] > 2.5 * (plain[1] - plain[0])
+
+
+@KEEPS
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.5], ids=["", "dropout"])
+@pytest.mark.parametrize("num_layers", [2, 5])
+def test_full_keeps_only_the_new_features(num_layers, dropout_rate):
+    # Hand count: `"full"` keeps each layer's new features (batch x 6 x 6 x
+    # growth rate floats) for the later layers' recomputation, the last
+    # layer's excepted; nothing else that scales with the activations
+    # but, under PyTorch (where dropout runs after the recomputed
+    # function), each layer's dropout mask, of the same size. JAX keeps
+    # each layer's dropout seed (two uint32), PyTorch's checkpoint the
+    # generator's state, once per layer.
+    from benchmarks.residuals import GENERATOR_STATE
+    from benchmarks.residuals import saved_activation_bytes
+    from benchmarks.residuals import saved_residuals
+
+    block = MemoryEfficientDenseBlock(
+        num_layers, 6, dropout_rate=dropout_rate, recompute="full"
+    )
+    x = make_inputs((2, 6, 6, 5))
+    features = 2 * 6 * 6 * 6 * 4
+    masks = num_layers if BACKEND == "torch" and dropout_rate else 0
+    seeds = 8 * num_layers if BACKEND == "jax" and dropout_rate else 0
+    assert saved_activation_bytes(block, x) == seeds + features * (
+        num_layers - 1 + masks
+    )
+    states = [r for r in saved_residuals(block, x) if r[3] == GENERATOR_STATE]
+    assert len(states) == (num_layers if BACKEND == "torch" else 0)
 
 
 @pytest.mark.parametrize(

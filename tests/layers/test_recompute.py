@@ -232,9 +232,6 @@ def test_outputs_gradients_and_statistics_equal_the_unwrapped_block(name):
         _sgd_step(plain, wrapped, g_plain[num_inputs:])
 
 
-@pytest.mark.backends(
-    "tensorflow", "jax", reason="jit_compile=True is torch.compile on PyTorch"
-)
 def test_xla_training_step_equals_the_unwrapped_block():
     # Under XLA TensorFlow's stateless dropout draws other masks than
     # eagerly, so both blocks run compiled.
@@ -267,8 +264,6 @@ def _regularized_block():
 def test_fit_matches_the_unwrapped_block(jit_compile):
     """`fit` through the functional API, with a loss the block adds
     (an activity regularizer): same losses, weights and statistics."""
-    if jit_compile and BACKEND == "torch":
-        pytest.skip("jit_compile=True is torch.compile on PyTorch")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((16, 6)).astype("float32")
     y = rng.standard_normal((16, 3)).astype("float32")
@@ -342,8 +337,13 @@ def test_backward_pass_runs_the_block_again():
     assert calls == [(2, 4)]
 
 
-@pytest.mark.backends("jax", reason="counts the residuals jax.checkpoint saves")
-def test_jax_saves_only_the_inputs_and_the_starting_state():
+@pytest.mark.backends(
+    "jax",
+    "torch",
+    reason="counts what autodiff keeps: JAX's residuals, PyTorch's saved "
+    "tensors and checkpoint inputs",
+)
+def test_keeps_only_the_inputs_and_the_starting_state():
     from benchmarks.residuals import saved_residuals
 
     plain, wrapped, input_shape = _pair("conv_bn_dropout")

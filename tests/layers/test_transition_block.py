@@ -7,6 +7,7 @@ import pytest
 from benchmarks.reference_densenet import transition_block
 from keras_fusion import TransitionBlock
 from tests.backend_utils import BACKEND
+from tests.backend_utils import TF_KERNEL
 from tests.backend_utils import compiled_models
 from tests.backend_utils import fit_losses
 from tests.backend_utils import record_recomputations
@@ -307,8 +308,6 @@ def test_recompute_moving_statistics_follow_the_plain_block_over_steps():
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 def test_recompute_fit_matches_the_plain_block(jit_compile):
-    if jit_compile and BACKEND == "torch":
-        pytest.skip("jit_compile=True is torch.compile with PyTorch")
     input_shape = (8, 6, 6, 8)
     x = make_inputs(input_shape, seed=6)
     target = make_inputs((8, 3, 3, 4), seed=7)
@@ -323,7 +322,7 @@ def test_recompute_fit_matches_the_plain_block(jit_compile):
         )
 
 
-@tensorflow_only
+@tensorflow_only(TF_KERNEL)
 def test_recompute_backward_pass_recomputes_batch_norm_relu(monkeypatch):
     # Observed from outside: the kernel's recomputation goes through the
     # shared function, counted here by a wrapper.
@@ -337,8 +336,14 @@ def test_recompute_backward_pass_recomputes_batch_norm_relu(monkeypatch):
     assert recomputed == [(2, 6, 6, 8)]
 
 
-@pytest.mark.backends("jax", reason="counts the residuals jax.checkpoint saves")
-def test_jax_recompute_saves_nothing_but_the_arguments():
+@pytest.mark.backends(
+    "jax",
+    "torch",
+    reason="counts what autodiff keeps: JAX's residuals, PyTorch's saved "
+    "tensors and checkpoint inputs",
+)
+def test_recompute_keeps_nothing_but_the_arguments():
+    from benchmarks.residuals import saved_activation_bytes
     from benchmarks.residuals import saved_residual_bytes
 
     x = make_inputs((2, 8, 8, 12))
@@ -347,7 +352,7 @@ def test_jax_recompute_saves_nothing_but_the_arguments():
     # the input's size again); ours only its arguments, the input and the
     # weights, which exist anyway.
     assert saved_residual_bytes(plain, x) > x.nbytes
-    assert saved_residual_bytes(ours, x) == 0
+    assert saved_activation_bytes(ours, x) == 0
 
 
 @pytest.mark.parametrize("frozen", ["layer", "batch_norm"])

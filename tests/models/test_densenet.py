@@ -16,6 +16,7 @@ from keras_fusion.models import DenseNet264
 from keras_fusion.models import DenseNetBC
 from keras_fusion.models import copy_keras_application_weights
 from keras_fusion.models import from_keras_application
+from tests.backend_utils import TF_KERNEL
 from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
@@ -501,7 +502,7 @@ def test_recompute_switches_the_stem_and_the_transitions():
         assert all(layer.recompute is expected for layer in transitions)
 
 
-@tensorflow_only
+@tensorflow_only(TF_KERNEL)
 def test_training_step_recomputes_the_stem_and_the_transitions(monkeypatch):
     # Every recomputation of BatchNorm-ReLU goes through the shared
     # function, counted here by the shape of its input.

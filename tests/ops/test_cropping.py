@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_fusion import ops as kf_ops
+from tests.backend_utils import TF_RUN_TIME_SIZES
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.layer_test_case import check_export_refuses
@@ -228,7 +229,7 @@ def test_model_with_unknown_sizes_errors_if_size_is_larger_than_input():
         model(SMALL)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_crop_errors_at_run_time_in_tf_function():
     import tensorflow as tf
 
@@ -240,7 +241,7 @@ def test_center_crop_errors_at_run_time_in_tf_function():
         crop(SMALL)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_crop_to_errors_at_run_time_in_tf_function():
     import tensorflow as tf
 
@@ -250,7 +251,7 @@ def test_center_crop_to_errors_at_run_time_in_tf_function():
         crop_to(SMALL, np.zeros((1, 10, 12, 3), "float32"))
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_crop_errors_at_run_time_if_run_time_size_is_negative():
     import tensorflow as tf
 
@@ -265,7 +266,7 @@ def test_center_crop_errors_at_run_time_if_run_time_size_is_negative():
         crop(SMALL)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_crop_errors_under_xla_if_size_is_larger_than_input():
     import tensorflow as tf
 
@@ -280,7 +281,7 @@ def test_center_crop_errors_under_xla_if_size_is_larger_than_input():
         crop(SMALL)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_crop_errors_under_xla_if_run_time_size_is_minus_one():
     # tf.slice reads a size of -1 as "to the end of the axis".
     import tensorflow as tf
@@ -294,7 +295,7 @@ def test_center_crop_errors_under_xla_if_run_time_size_is_minus_one():
         crop(SMALL)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_crop_under_xla_with_unknown_sizes_matches_numpy():
     import tensorflow as tf
 
@@ -319,7 +320,7 @@ def test_center_crop_under_xla_with_unknown_sizes_matches_numpy():
     np.testing.assert_array_equal(other_cropped, other[:, :, 1:13, :])
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_crop_to_smallest_with_unknown_sizes_needs_no_run_time_check():
     # The smallest size fits every input, so unlike `center_crop` the graph
     # holds no assertion that could never fail.
@@ -340,7 +341,7 @@ def test_crop_to_smallest_with_unknown_sizes_needs_no_run_time_check():
     np.testing.assert_array_equal(other_cropped, other[:, :, 1:13, :])
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_model_predict_errors_after_retracing_with_unknown_sizes(jit_compile):
     import tensorflow as tf
@@ -357,7 +358,7 @@ def test_model_predict_errors_after_retracing_with_unknown_sizes(jit_compile):
         model.predict(SMALL, verbose=0)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_exported_saved_model_errors_if_size_is_larger_than_input(tmp_path):
     import tensorflow as tf
 

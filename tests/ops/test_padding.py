@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_fusion import ops as kf_ops
+from tests.backend_utils import TF_RUN_TIME_SIZES
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.layer_test_case import check_export_refuses
@@ -215,7 +216,7 @@ def test_model_with_unknown_sizes_errors_if_pad_size_is_smaller():
         dynamic_pad_model(SMALLER_SIZE)(LARGE)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_pad_errors_at_run_time_in_tf_function():
     import tensorflow as tf
 
@@ -227,7 +228,7 @@ def test_center_pad_errors_at_run_time_in_tf_function():
         pad(LARGE)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_pad_errors_under_xla_if_size_is_smaller_than_input():
     import tensorflow as tf
 
@@ -240,7 +241,7 @@ def test_center_pad_errors_under_xla_if_size_is_smaller_than_input():
         pad(LARGE)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_center_pad_under_xla_with_unknown_sizes_matches_numpy_pad():
     import tensorflow as tf
 
@@ -268,7 +269,7 @@ def test_center_pad_under_xla_with_unknown_sizes_matches_numpy_pad():
     )
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_pad_to_largest_with_unknown_sizes_needs_no_run_time_check():
     # The largest size fits every input, so unlike `center_pad` the graph
     # holds no assertion that could never fail.
@@ -293,7 +294,7 @@ def test_pad_to_largest_with_unknown_sizes_needs_no_run_time_check():
     )
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_model_predict_errors_after_retracing_if_pad_size_is_smaller(
     jit_compile,
@@ -313,7 +314,7 @@ def test_model_predict_errors_after_retracing_if_pad_size_is_smaller(
         model.predict(LARGE, verbose=0)
 
 
-@tensorflow_only
+@tensorflow_only(TF_RUN_TIME_SIZES)
 def test_exported_saved_model_errors_if_pad_size_is_smaller(tmp_path):
     import tensorflow as tf
 
