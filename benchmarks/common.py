@@ -23,6 +23,48 @@ from keras_fusion.profiling import measure_in_fresh_process
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
 
+# The dense block that `dense_block_residuals` (JAX) and
+# `dense_block_saved_tensors` (PyTorch) count what autodiff keeps of.
+DENSE_BLOCK_IMPLEMENTATIONS = ("plain", "full", "concat_bn")
+DENSE_BLOCK_CASE = {"growth_rate": 12, "channels": 24, "size": 32, "batch": 32}
+
+
+def dense_block_case(implementation, num_layers):
+    """`(block, x, output_bytes)`: `MemoryEfficientDenseBlock` of
+    `num_layers` layers, recomputing as `implementation` says (`"plain"`
+    is `recompute=False`), a float32 input of `DENSE_BLOCK_CASE`'s size
+    and the bytes of the block's output. Seeded: the same weights and
+    input in every process."""
+    import keras
+    import numpy as np
+
+    from keras_fusion import MemoryEfficientDenseBlock
+
+    case = DENSE_BLOCK_CASE
+    keras.utils.set_random_seed(0)
+    recompute = False if implementation == "plain" else implementation
+    block = MemoryEfficientDenseBlock(
+        num_layers, case["growth_rate"], recompute=recompute
+    )
+    x = np.random.default_rng(0).standard_normal(
+        (case["batch"], case["size"], case["size"], case["channels"]),
+        dtype="float32",
+    )
+    channels = case["channels"] + num_layers * case["growth_rate"]
+    output_bytes = x.nbytes // case["channels"] * channels
+    return block, x, output_bytes
+
+
+def dense_block_case_line():
+    """The header line that says what `dense_block_case` builds."""
+    case = DENSE_BLOCK_CASE
+    return (
+        f"- growth rate {case['growth_rate']}, {case['channels']} input "
+        f"channels, {case['size']}x{case['size']}, batch {case['batch']}, "
+        "float32; gradients of sum(block(x)) "
+    )
+
+
 def run_worker(worker, args, timeout=1800):
     """`worker(*args)` in a fresh process; its JSON result.
 

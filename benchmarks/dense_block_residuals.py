@@ -49,35 +49,25 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+from benchmarks.common import DENSE_BLOCK_IMPLEMENTATIONS  # noqa: E402
 from benchmarks.common import RESULTS_DIR  # noqa: E402
+from benchmarks.common import dense_block_case  # noqa: E402
+from benchmarks.common import dense_block_case_line  # noqa: E402
 from benchmarks.common import environment  # noqa: E402
 from benchmarks.common import run_worker  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 
-IMPLEMENTATIONS = ("plain", "full", "concat_bn")
-GROWTH_RATE = 12
-CHANNELS = 24
-SIZE = 32
-BATCH = 32
+IMPLEMENTATIONS = DENSE_BLOCK_IMPLEMENTATIONS
 
 
 def worker(implementation, num_layers, repeats):
     import jax
     import keras
-    import numpy as np
 
     from benchmarks.residuals import saved_residuals
-    from keras_fusion import MemoryEfficientDenseBlock
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
-    keras.utils.set_random_seed(0)
-    recompute = False if implementation == "plain" else implementation
-    block = MemoryEfficientDenseBlock(
-        num_layers, GROWTH_RATE, recompute=recompute
-    )
-    x = np.random.default_rng(0).standard_normal(
-        (BATCH, SIZE, SIZE, CHANNELS), dtype="float32"
-    )
+    block, x, output_bytes = dense_block_case(implementation, num_layers)
     residuals = saved_residuals(block, x)
     argument_bytes = sum(
         r[2] for r in residuals if r[3].startswith("from the argument")
@@ -108,12 +98,11 @@ def worker(implementation, num_layers, repeats):
         start = time.perf_counter()
         jax.block_until_ready(compiled(trainable, x))
         times.append(time.perf_counter() - start)
-    output_bytes = BATCH * SIZE * SIZE * (CHANNELS + num_layers * GROWTH_RATE)
     return {
         "saved_bytes": saved_bytes,
         "argument_bytes": argument_bytes,
         "residual_arrays": len(residuals),
-        "output_bytes": output_bytes * 4,
+        "output_bytes": output_bytes,
         "xla_backend": jax.default_backend(),
         "xla_temp_bytes": memory.temp_size_in_bytes,
         "xla_argument_bytes": memory.argument_size_in_bytes,
@@ -220,9 +209,7 @@ def main():
         f"- machine: {env['machine']}",
         f"- versions: Python {env['python']}, JAX {jax.__version__}, Keras "
         f"{env['keras']}, NumPy {env['numpy']}; {env['date']}",
-        f"- growth rate {GROWTH_RATE}, {CHANNELS} input channels, "
-        f"{SIZE}x{SIZE}, batch {BATCH}, float32; gradients of sum(block(x)) "
-        "with respect to the weights and x",
+        dense_block_case_line() + "with respect to the weights and x",
         "- saved: bytes of the residuals jax.ad_checkpoint."
         "print_saved_residuals lists, arguments (weights, x) left out; exact "
         "(one trace)",

@@ -19,11 +19,14 @@ training step. Each configuration runs in a fresh process and reports:
   the function's arguments (weights and input), which exist anyway.
   Exact: one forward pass, counted tensor by tensor.
 - activations: the same without the generator states.
-- peak RSS: the process's peak resident memory (`ru_maxrss`) after the
-  measured steps, a real but coarse reading (it includes the
-  interpreter, PyTorch, TensorFlow, which the fresh-process runner
-  imports, and the allocator's caching), for a sense of the saving in
-  the process.
+- RSS: the process's peak resident memory (`ru_maxrss`), a real but
+  coarse reading: "first step" is how much the first training step
+  raised it (the block built and called once before, outside autograd),
+  "peak" the reading after all steps (the interpreter, PyTorch and
+  TensorFlow, which the fresh-process runner imports, included). glibc's
+  heap keeps much of what a step frees, so later steps raise the peak
+  further, more so for the recomputing blocks, which free and allocate
+  each layer's tensors again in the backward pass.
 - step: the median time of `--repeats` training steps (forward,
   gradients) after a warm-up step.
 
@@ -39,16 +42,15 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+from benchmarks.common import DENSE_BLOCK_IMPLEMENTATIONS  # noqa: E402
 from benchmarks.common import RESULTS_DIR  # noqa: E402
+from benchmarks.common import dense_block_case  # noqa: E402
+from benchmarks.common import dense_block_case_line  # noqa: E402
 from benchmarks.common import environment  # noqa: E402
 from benchmarks.common import run_worker  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 
-IMPLEMENTATIONS = ("plain", "full", "concat_bn")
-GROWTH_RATE = 12
-CHANNELS = 24
-SIZE = 32
-BATCH = 32
+IMPLEMENTATIONS = DENSE_BLOCK_IMPLEMENTATIONS
 
 
 def worker(implementation, num_layers, repeats):
@@ -56,29 +58,21 @@ def worker(implementation, num_layers, repeats):
     import sys
 
     import keras
-    import numpy as np
     import torch
 
     from benchmarks.residuals import GENERATOR_STATE
     from benchmarks.residuals import saved_residuals
-    from keras_fusion import MemoryEfficientDenseBlock
 
     assert keras.backend.backend() == "torch", keras.backend.backend()
-    keras.utils.set_random_seed(0)
-    recompute = False if implementation == "plain" else implementation
-    block = MemoryEfficientDenseBlock(
-        num_layers, GROWTH_RATE, recompute=recompute
-    )
-    x = np.random.default_rng(0).standard_normal(
-        (BATCH, SIZE, SIZE, CHANNELS), dtype="float32"
-    )
-    kept = [
-        r for r in saved_residuals(block, x) if not r[3].startswith("from the")
-    ]
-    saved_bytes = sum(r[2] for r in kept)
-    states = [r for r in kept if r[3] == GENERATOR_STATE]
 
+    def peak_rss():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    block, x, output_bytes = dense_block_case(implementation, num_layers)
     inputs = torch.tensor(x)
+    with torch.no_grad():
+        block(inputs[:1], training=False)
+    rss_before = peak_rss()
 
     def step():
         inputs.grad = None
@@ -88,20 +82,28 @@ def worker(implementation, num_layers, repeats):
         torch.sum(y).backward()
 
     step()
+    first_step_rss = peak_rss() - rss_before
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    output_bytes = BATCH * SIZE * SIZE * (CHANNELS + num_layers * GROWTH_RATE)
+    peak_rss_bytes = peak_rss()
+    # Counted after the steps, so that its hooks' bookkeeping is not in
+    # the RSS readings.
+    kept = [
+        r for r in saved_residuals(block, x) if not r[3].startswith("from the")
+    ]
+    saved_bytes = sum(r[2] for r in kept)
+    states = [r for r in kept if r[3] == GENERATOR_STATE]
     return {
         "saved_bytes": saved_bytes,
         "activation_bytes": saved_bytes - sum(r[2] for r in states),
         "generator_states": len(states),
         "saved_arrays": len(kept),
-        "output_bytes": output_bytes * 4,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        * 1024,
+        "output_bytes": output_bytes,
+        "first_step_rss_bytes": first_step_rss,
+        "peak_rss_bytes": peak_rss_bytes,
         "tensorflow_imported": "tensorflow" in sys.modules,
         "step_seconds": statistics.median(times),
         "step_times": times,
@@ -131,7 +133,8 @@ def main():
             print(
                 f"L={num_layers} {implementation}: "
                 f"{result['saved_bytes'] / 2**20:.1f} MB saved, "
-                f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MB, "
+                f"first step RSS +{result['first_step_rss_bytes'] / 2**20:.0f}"
+                f" MB, peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MB, "
                 f"{result['step_seconds']:.3f} s",
                 flush=True,
             )
@@ -148,6 +151,8 @@ def main():
         plain = results[("plain", num_layers)]
         for implementation in IMPLEMENTATIONS:
             r = results[(implementation, num_layers)]
+            first = r["first_step_rss_bytes"]
+            rss_ratio = first / plain["first_step_rss_bytes"]
             rows.append(
                 f"| {num_layers} | {implementation} | "
                 f"{r['saved_bytes'] / 2**20:.1f} | "
@@ -156,8 +161,9 @@ def main():
                 f"{r['saved_bytes'] / plain['saved_bytes']:.3f} | "
                 f"{r['saved_arrays']} | "
                 f"{r['generator_states']} | "
+                f"{r['first_step_rss_bytes'] / 2**20:.0f} | "
+                f"{rss_ratio:.2f} | "
                 f"{r['peak_rss_bytes'] / 2**20:.0f} | "
-                f"{r['peak_rss_bytes'] / plain['peak_rss_bytes']:.2f} | "
                 f"{r['step_seconds']:.3f} | "
                 f"{r['step_seconds'] / plain['step_seconds']:.2f} |"
             )
@@ -186,26 +192,27 @@ def main():
         f"- machine: {env['machine']}",
         f"- versions: Python {env['python']}, PyTorch {torch.__version__}, "
         f"Keras {env['keras']}, NumPy {env['numpy']}; {env['date']}",
-        f"- growth rate {GROWTH_RATE}, {CHANNELS} input channels, "
-        f"{SIZE}x{SIZE}, batch {BATCH}, float32; gradients of sum(block(x)) "
-        "with respect to the weights and x, eager",
+        dense_block_case_line() + "with respect to the weights and x, eager",
         "- saved: bytes autograd saves (torch.autograd.graph."
         "saved_tensors_hooks, each storage once) plus the inputs and "
         "generator states torch.utils.checkpoint keeps, arguments "
         "(weights, x) left out; exact (one forward pass); activations: "
         "without the generator states (5 KB per checkpoint)",
-        "- peak RSS: the fresh process's ru_maxrss after the steps "
-        "(interpreter, PyTorch and TensorFlow, which the fresh-process "
-        "runner imports, included; coarse)",
+        "- RSS: the fresh process's peak resident memory (ru_maxrss); "
+        "first step: how much the first training step raised it (the "
+        "block built and called once before); peak: after all steps, "
+        "the interpreter, PyTorch and TensorFlow (which the fresh-process "
+        "runner imports) included. Coarse: glibc's heap keeps much of "
+        "what the steps free, so later steps raise the peak further",
         f"- step: median of {args.repeats} eager training steps (forward + "
         "gradients) after a warm-up step; fresh process per row",
     ]
     table = [
         "| layers | implementation | saved MB | activations MB | "
         "saved / output bytes | saved / plain | saved arrays | "
-        "generator states | peak RSS MB | RSS / plain | step s | "
-        "time / plain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "generator states | first step RSS MB | first step RSS / plain | "
+        "peak RSS MB | step s | time / plain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Saved MB added per layer, between depths (constant = linear in "
