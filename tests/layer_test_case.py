@@ -483,8 +483,9 @@ def _check_keras_file(model, data, reference, tmp_path):
 # `torch.onnx` (which needs onnxscript) and, as a Keras input's batch size
 # is always `None`, by TorchScript tracing of a sample whose every `None`
 # size is 1: measured with onnxscript 0.7.2 and torch 2.13, 36 of these 46
-# cases fail, on a 2x2 pooling of the 1x1 sample (plain Keras's too) or on
-# sizes traced as tensors where our checks compare ints.
+# cases fail, on a 2x2 pooling of the 1x1 sample (plain Keras's too) or in
+# our crops and size checks, which refuse a TorchScript trace
+# (tests/backend/test_torchscript_trace.py).
 EXPORT_FORMATS = pytest.mark.parametrize(
     "export_format",
     [

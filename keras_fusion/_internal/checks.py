@@ -11,6 +11,7 @@ import numbers
 import keras
 import numpy as np
 
+from keras_fusion.backend.size_checks import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import static_size
 
 _DATA_FORMATS = ("channels_last", "channels_first")
@@ -214,7 +215,13 @@ def check_fusion_input_shapes(input_shapes, data_format, layer_name):
 
     Returns:
         The common rank.
+
+    Raises:
+        ValueError: if the shapes are not such a list.
+        NotImplementedError: under a TorchScript trace (see
+            `refuse_torchscript_trace`).
     """
+    refuse_torchscript_trace(layer_name)
     if not isinstance(input_shapes, (list, tuple)) or not all(
         isinstance(s, (list, tuple)) for s in input_shapes
     ):

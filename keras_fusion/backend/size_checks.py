@@ -38,6 +38,33 @@ import numpy as np
 from keras import ops
 
 
+def refuse_torchscript_trace(name):
+    """Raise if PyTorch is tracing with TorchScript (`torch.jit.trace`).
+
+    Keras 3.15 exports a PyTorch model to ONNX that way whenever an input
+    size is `None`, tracing a sample in which every `None` size is 1. The
+    trace hands our size checks and crops 0-d tensors for sizes, and what
+    they read as Python ints becomes a constant of the traced graph: an
+    export would crop every input as it cropped the sample. The layers
+    that crop, pad or compare sizes refuse it here, naming what works.
+    """
+    if keras.backend.backend() != "torch":
+        return
+    import torch
+
+    if torch.jit.is_tracing():
+        raise NotImplementedError(
+            f"`{name}` cannot be traced by TorchScript (`torch.jit.trace`, "
+            "which Keras uses to export ONNX from PyTorch when an input "
+            "size is None): its crops, pads and size checks read the "
+            "sizes as Python ints, which the trace would keep as "
+            "constants of the sample (every None size made 1). Export "
+            "the model from the TensorFlow or JAX backend "
+            "(KERAS_BACKEND=tensorflow or jax): a `.keras` file saved "
+            "here loads there."
+        )
+
+
 def static_size(value):
     """`value` as a Python int if it is known before run time.
 

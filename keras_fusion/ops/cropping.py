@@ -27,6 +27,7 @@ from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_slice
+from keras_fusion.backend.size_checks import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import sliced_shape
 from keras_fusion.backend.size_checks import static_size
 from keras_fusion.backend.size_checks import with_static_shape
@@ -302,6 +303,7 @@ def _crop_window(x, size, data_format):
     Sizes are `None` for all of an axis. Sizes known before run time are
     checked here; those known only at run time are the caller's to check.
     """
+    refuse_torchscript_trace("keras_fusion.ops.center_crop")
     shape = ops.shape(x)
     axes = spatial_axes(len(shape), data_format)
     begin = [0] * len(shape)

@@ -27,6 +27,7 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_pad
 from keras_fusion.backend.size_checks import padded_shape
+from keras_fusion.backend.size_checks import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import with_static_shape
 from keras_fusion.ops.cropping import center_crop_offsets
 
@@ -199,6 +200,7 @@ def _pad_width(x, size, data_format):
     Sizes known before run time are checked here; those known only at run
     time are the caller's to check.
     """
+    refuse_torchscript_trace("keras_fusion.ops.center_pad")
     shape = ops.shape(x)
     axes = spatial_axes(len(shape), data_format)
     pad_width = [(0, 0)] * len(shape)
