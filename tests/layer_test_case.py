@@ -572,7 +572,7 @@ def check_export_refuses(
     (a regex, across lines)."""
     path = check_export(model, [(valid, expected)], tmp_path, 0, export_format)
     with pytest.raises(RuntimeError, match=f"(?s){match}"):
-        serve_in_fresh_process(path, invalid)
+        serve_in_fresh_process(path, invalid, [t.name for t in model.inputs])
 
 
 def _fit_one_step(model, data, target):

@@ -10,6 +10,7 @@ combine them: a position is valid where any input is valid.
 
 from keras import ops
 
+from keras_fusion.backend.size_checks import checked_equal_shapes
 from keras_fusion.ops.cropping import crop_to_smallest
 from keras_fusion.ops.padding import pad_to_largest
 
@@ -79,14 +80,21 @@ def fuse_masks(inputs, masks, align, data_format, channel_axis):
         axis.
     """
     aligned = []
-    for x, m in zip(inputs, masks, strict=True):
-        index = [slice(None)] * len(x.shape)
-        index[channel_axis] = 0
-        valid = ops.ones_like(x[tuple(index)], dtype="bool")
+    for index, (x, m) in enumerate(zip(inputs, masks, strict=True)):
+        first_channel = [slice(None)] * len(x.shape)
+        first_channel[channel_axis] = 0
+        valid = ops.ones_like(x[tuple(first_channel)], dtype="bool")
         if m is not None:
-            # Also the run-time check of mask sizes that were None when
-            # check_masks ran: the shapes must broadcast.
-            valid = ops.logical_and(valid, ops.cast(m, "bool"))
+            # Mask sizes that were None when check_masks ran are checked
+            # when the graph runs: a mask of size 1 would broadcast.
+            valid, m = checked_equal_shapes(
+                [valid, ops.cast(m, "bool")],
+                "fused_mask",
+                f"`mask[{index}]` should have the shape of input {index} "
+                "without the channel axis. Received: input without its "
+                "channel axis and mask with run-time shapes {shapes}",
+            )
+            valid = ops.logical_and(valid, m)
         # A channel axis of size 1 makes the mask a feature map that the
         # alignment functions crop or pad with its input's offsets.
         aligned.append(ops.expand_dims(valid, channel_axis))

@@ -309,3 +309,75 @@ def _tuple_text(values):
     ]
     closing = ",)" if len(texts) == 1 else ")"
     return tf.strings.join(["(", tf.strings.join(texts, ", "), closing])
+
+
+def checked_equal_shapes(tensors, name, message):
+    """`tensors`, failing at run time unless they all have the same shape.
+
+    For element-wise fusion (addition, weighted addition) and masks, where
+    broadcasting would turn an input of size 1 into a result of the
+    other's size. Shapes that are fully known (on every backend but in a
+    TensorFlow graph with `None` sizes) are the caller's to check; the
+    check here covers sizes known only at run time, on every path a
+    TensorFlow graph takes: an `Assert` when it runs; under XLA and in
+    LiteRT, each tensor sliced to the size of the next one, around the
+    ring (a slice beyond a tensor fails there, so each is at least the
+    next, and all are equal); in ONNX, whose Slice clamps, a reshape of
+    each slice to the size it was asked for (a clamped slice has fewer
+    elements). A slice of all of a tensor moves no data in TensorFlow.
+
+    Args:
+        tensors: a list of 2 or more tensors of the same rank.
+        name: the name of the ops, which an XLA or ONNX error ends with.
+        message: the error message, a `str.format` template whose one
+            field, `{shapes}`, is the list of the run-time shapes.
+    """
+    tensors = list(tensors)
+    static = [tuple(t.shape) for t in tensors]
+    if (
+        keras.backend.backend() != "tensorflow"
+        or all(None not in s for s in static)
+        or not any(_is_graph_tensor(t) for t in tensors)
+    ):
+        return tensors
+    import tensorflow as tf
+
+    shapes = [tf.shape(t, out_type="int32") for t in tensors]
+    equal = tf.reduce_all(
+        tf.stack([tf.reduce_all(tf.equal(shapes[0], s)) for s in shapes[1:]])
+    )
+    shape_texts = [
+        _tuple_text([s[a] if d is None else d for a, d in enumerate(known)])
+        for s, known in zip(shapes, static, strict=True)
+    ]
+    before, after = message.split("{shapes}")
+    text = tf.strings.join(
+        [before, "[", tf.strings.join(shape_texts, ", "), "]", after]
+    )
+    check = tf.debugging.Assert(equal, [text], name=f"{name}_check")
+    # The sizes that any tensor knows before run time go into the reshape
+    # as constants, so that the guarded tensors keep them (see
+    # `with_static_shape`); the others are the next tensor's, which a
+    # converter cannot read as "the size this tensor has" and drop.
+    known = [
+        next((s[a] for s in static if s[a] is not None), None)
+        for a in range(len(static[0]))
+    ]
+    guarded = []
+    with tf.control_dependencies([check]):
+        for index, t in enumerate(tensors):
+            target = shapes[(index + 1) % len(tensors)]
+            sliced = tf.slice(t, tf.zeros_like(target), target, name=name)
+            expected = [
+                target[a] if d is None else d for a, d in enumerate(known)
+            ]
+            guarded.append(
+                tf.reshape(sliced, tf.stack(expected), name=f"{name}_size")
+            )
+    return guarded
+
+
+def _is_graph_tensor(x):
+    import tensorflow as tf
+
+    return tf.is_tensor(x) and not tf.executing_eagerly()

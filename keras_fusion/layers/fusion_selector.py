@@ -17,12 +17,19 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion._internal.checks import validate_axis_argument
 from keras_fusion._internal.masking import check_masks
 from keras_fusion._internal.masking import fuse_masks
+from keras_fusion.backend.size_checks import checked_equal_shapes
 from keras_fusion.layers.weighted_add import WeightedAdd
 from keras_fusion.ops.cropping import crop_to_smallest
 from keras_fusion.ops.padding import pad_to_largest
 
 _MODES = ("add", "concat", "weighted_add")
 _ALIGNS = (None, "crop", "pad")
+_SHAPES_DIFFER = (
+    "The inputs to `FusionSelector` (mode={mode!r}, align={align!r}) should "
+    "have the same batch size and, once projected and aligned, the same "
+    "shape{remedy}. Received: inputs with run-time shapes (projected and "
+    "aligned) {{shapes}}"
+)
 _CONVOLUTIONS = {
     3: keras.layers.Conv1D,
     4: keras.layers.Conv2D,
@@ -595,6 +602,20 @@ class FusionSelector(keras.layers.Layer):
     def _fuse(self, inputs):
         if self.mode == "concat":
             return ops.concatenate(inputs, axis=self._channel_axis)
+        # Sizes known only at run time are checked when the graph runs: the
+        # sum would broadcast an input of size 1.
+        inputs = checked_equal_shapes(
+            inputs,
+            "fusion_selector_inputs",
+            _SHAPES_DIFFER.format(
+                mode=self.mode,
+                align=self.align,
+                remedy=""
+                if self.align
+                else " (pass align='crop' or align='pad' to fuse feature "
+                "maps of different sizes)",
+            ),
+        )
         if self.mode == "add":
             output = inputs[0]
             for x in inputs[1:]:

@@ -11,6 +11,14 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion._internal.checks import validate_axis_argument
 from keras_fusion._internal.masking import check_masks
 from keras_fusion._internal.masking import fuse_masks
+from keras_fusion.backend.size_checks import checked_equal_shapes
+
+_SHAPES_DIFFER = (
+    "All inputs to `{name}` should have the same shape (batch, spatial and "
+    "channel sizes); crop or pad them to a common size first, or use "
+    "FusionSelector(mode='weighted_add', align='crop') (or align='pad'), "
+    "which does. Received: inputs with run-time shapes {{shapes}}"
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
@@ -175,7 +183,13 @@ class WeightedAdd(keras.layers.Layer):
         # The run-time shapes may know sizes that were None in build():
         # compute_output_shape holds the shape checks, run them on those.
         self.compute_output_shape([tuple(x.shape) for x in inputs])
-        check_masks(inputs, mask, self._channel_axis, self.__class__.__name__)
+        name = self.__class__.__name__
+        check_masks(inputs, mask, self._channel_axis, name)
+        # Sizes known only at run time are checked when the graph runs:
+        # the sum would broadcast an input of size 1.
+        inputs = checked_equal_shapes(
+            inputs, "weighted_add_inputs", _SHAPES_DIFFER.format(name=name)
+        )
         weights = ops.relu(self.fusion_weights)
         weights = weights / (ops.sum(weights, axis=0) + self.fusion_epsilon)
         if self.weight_per_channel:
