@@ -14,10 +14,15 @@ import keras
 from keras import ops
 
 
-def recomputing_call(fn, differentiable, constants):
+def recomputing_call(fn, differentiable, constants, inspected):
     """Run `fn` so that its backward pass recomputes it.
 
-    Args and returns as `tensorflow_recompute.recomputing_call`.
+    Args and returns as `tensorflow_recompute.recomputing_call`, whose
+    check of stateful random ops has nothing to find here: JAX has no
+    stateful random ops (Keras refuses an unseeded `keras.random` call
+    under `jax.checkpoint`), and `torch.utils.checkpoint` restores torch's
+    random state for the recomputation, so `inspected` is not used.
     """
+    del inspected
     outputs, new_state = keras.remat(fn)(list(differentiable), constants)
     return list(outputs), [ops.stop_gradient(s) for s in new_state]

@@ -381,3 +381,64 @@ def _is_graph_tensor(x):
     import tensorflow as tf
 
     return tf.is_tensor(x) and not tf.executing_eagerly()
+
+
+def checked_minimum_size(x, minimum, name, message):
+    """`x`, failing unless each of its sizes is at least `minimum`'s.
+
+    Sizes that are ints (every backend but a TensorFlow graph with `None`
+    sizes) raise a `ValueError` here. Those known only when a TensorFlow
+    graph runs are checked by an `Assert`, and, because XLA and the
+    converters drop it, by a reshape of `x` to its sizes raised to the
+    minimum: the same shape where they are large enough, a different
+    number of elements (which XLA, LiteRT and ONNX refuse) where not. No
+    data moves.
+
+    Args:
+        x: a tensor.
+        minimum: for each axis of `x`, its smallest size or `None`.
+        name: the name of the ops, which an XLA or ONNX error ends with.
+        message: the error message, a `str.format` template whose one
+            field, `{shape}`, is the shape of `x`.
+
+    Raises:
+        ValueError: if a size known here is below its minimum.
+        NotImplementedError: under a TorchScript trace, which would keep
+            the sizes of its sample (see `refuse_torchscript_trace`).
+    """
+    refuse_torchscript_trace(name)
+    shape = tuple(static_size(d) for d in ops.shape(x))
+    known = [
+        (d, m) for d, m in zip(shape, minimum, strict=True) if m is not None
+    ]
+    if any(isinstance(d, int) and d < m for d, m in known):
+        raise ValueError(message.format(shape=shape))
+    if all(isinstance(d, int) for d, _ in known):
+        return x
+    if keras.backend.backend() != "tensorflow":
+        # JAX: `jax.export` and jax2onnx trace `None` sizes as symbols,
+        # which no op can compare with the minimum when the export runs.
+        raise ValueError(
+            f"With the {keras.backend.backend()} backend, sizes that have a "
+            "minimum should be known when they are traced, so that they can "
+            "be checked: give `model.export()` an `input_signature` with "
+            "fixed spatial sizes, or export from TensorFlow. Received: input "
+            f"shape {shape}, minimum sizes {tuple(minimum)}"
+        )
+    import tensorflow as tf
+
+    checked = [
+        tf.maximum(d, m) if m is not None and not isinstance(d, int) else d
+        for d, m in zip(shape, minimum, strict=True)
+    ]
+    large_enough = tf.reduce_all(
+        tf.stack(
+            [
+                d >= m
+                for d, m in zip(shape, minimum, strict=True)
+                if m is not None and not isinstance(d, int)
+            ]
+        )
+    )
+    x = _check(x, large_enough, message, {"shape": shape}, name)
+    return tf.reshape(x, tf.stack(checked), name=f"{name}_size")

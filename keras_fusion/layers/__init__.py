@@ -1,9 +1,10 @@
 """The keras_fusion layers."""
 
 # Not exported: imported so that `import keras_fusion` registers the
-# DenseNet builders' private stem layer, which `.keras` files of those
-# models name.
+# builders' private layers (the DenseNet stem, the input size check),
+# which `.keras` files of their models name.
 from keras_fusion.layers import _densenet_stem  # noqa: F401
+from keras_fusion.layers import _input_size_check  # noqa: F401
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.fusion_selector import FusionSelector

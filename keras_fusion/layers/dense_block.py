@@ -13,6 +13,8 @@ from keras_fusion.backend.batch_norm_relu import update_moving_statistics
 from keras_fusion.backend.dense_block_spec import BatchNormSpec
 from keras_fusion.backend.dense_block_spec import DenseBlockSpec
 from keras_fusion.backend.dense_block_spec import DenseLayerSpec
+from keras_fusion.layers._seed_states import load_state
+from keras_fusion.layers._seed_states import save_state
 
 _POLICIES = {True: "full", "full": "full", "concat_bn": "concat_bn"}
 _CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
@@ -224,6 +226,14 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         elif output_shape[axis] is not None:
             output_shape[axis] += new_channels
         return tuple(output_shape)
+
+    def save_own_variables(self, store):
+        # With the dropout seed states, which Keras leaves out (see
+        # `_seed_states`): a training resumed from a backup draws on.
+        save_state(self, store)
+
+    def load_own_variables(self, store):
+        load_state(self, store)
 
     def get_config(self):
         config = super().get_config()

@@ -3,6 +3,9 @@ import inspect
 
 import keras
 
+from keras_fusion.layers._seed_states import load_state
+from keras_fusion.layers._seed_states import save_state
+
 _NOT_PASSED = (
     inspect.Parameter.POSITIONAL_ONLY,
     inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -74,7 +77,13 @@ class Recompute(keras.layers.Wrapper):
             and optionally `training`. Its variables must all be Keras
             variables it tracks, and any randomness must come from a
             `keras.random.SeedGenerator` it tracks (Keras's own layers do
-            both).
+            both). What breaks this and can be seen is refused with a
+            `ValueError`: an unseeded `keras.random` call, an untracked
+            variable read or assigned, and on TensorFlow a stateful random
+            op (`tf.random.uniform`, a `tf.random.Generator`). State kept
+            in Python (a counter on the layer, NumPy's random generator)
+            cannot be seen: the recomputation would read it again,
+            changed.
         **kwargs: base layer arguments (`name`, `trainable`, ...). The
             wrapper computes and casts nothing itself: the block casts its
             inputs and weights as it would unwrapped, under its own dtype
@@ -117,16 +126,21 @@ class Recompute(keras.layers.Wrapper):
             autocast=False,
             **kwargs,
         )
+        # Input signatures whose eager training calls the TensorFlow kernel
+        # has checked for state it cannot recompute.
+        self._inspected_signatures = set()
 
     def build(self, input_shape=None):
         if not self.layer.built:
-            # A symbolic call builds layers whose weights are created by
-            # their sublayers' first call as well as those with a `build`.
+            # A symbolic call, as the functional API makes: Keras builds
+            # the layer with its `build()` if it has one, and otherwise
+            # traces its call, which builds the sublayers that create
+            # weights in their first call.
             specs = keras.tree.map_shape_structure(
                 lambda shape: keras.KerasTensor(shape, dtype=self.input_dtype),
                 input_shape,
             )
-            keras.backend.compute_output_spec(self.layer, specs)
+            self.layer(specs)
         self.built = True
 
     def call(self, inputs, training=None):
@@ -137,6 +151,14 @@ class Recompute(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def save_own_variables(self, store):
+        # With the block's dropout seed states, which Keras leaves out (see
+        # `_seed_states`): a training resumed from a backup draws on.
+        save_state(self, store)
+
+    def load_own_variables(self, store):
+        load_state(self, store)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -209,6 +231,7 @@ class Recompute(keras.layers.Wrapper):
             stateless_call,
             float_inputs + [_read(v) for v in trainable],
             other_inputs + [keras.ops.copy(_read(v)) for v in state],
+            self._inspected_signatures,
         )
         for variable, value in zip(state, new_state, strict=True):
             variable.assign(value)

@@ -8,6 +8,8 @@ are named `avg_pool`, `max_pool` and `predictions`.
 
 import keras
 
+from keras_fusion.layers._input_size_check import InputSizeCheck
+
 
 def image_input_shape(input_shape, default, data_format):
     """An image model's `input_shape`, checked, or its default.
@@ -56,6 +58,22 @@ def model_input(input_tensor, input_shape):
     if not keras.backend.is_keras_tensor(input_tensor):
         return keras.Input(tensor=input_tensor, shape=input_shape)
     return input_tensor
+
+
+def check_input_size(inputs, minimum_size, model_name, data_format):
+    """`inputs` as the model's layers take them: checked against the
+    model's smallest spatial size `minimum_size` (one int per spatial
+    dimension) by an `InputSizeCheck` layer named `input_size_check`,
+    where a spatial size is `None`. The builder checks static sizes itself
+    when it builds the model, with a message naming its argument."""
+    if None not in spatial_sizes(tuple(inputs.shape[1:]), data_format):
+        return inputs
+    return InputSizeCheck(
+        minimum_size,
+        model_name,
+        data_format=data_format,
+        name="input_size_check",
+    )(inputs)
 
 
 def source_inputs(input_tensor, inputs):

@@ -24,6 +24,7 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers._densenet_stem import DenseNetStem
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.transition_block import TransitionBlock
+from keras_fusion.models._inputs_and_heads import check_input_size
 from keras_fusion.models._inputs_and_heads import check_pooling
 from keras_fusion.models._inputs_and_heads import classification_head
 from keras_fusion.models._inputs_and_heads import image_input_shape
@@ -191,9 +192,8 @@ def DenseNet(
     inputs = model_input(input_tensor, input_shape)
     bn_axis = 1 if data_format == "channels_first" else -1
 
-    x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), data_format=data_format)(
-        inputs
-    )
+    x = check_input_size(inputs, (32, 32), "DenseNet", data_format)
+    x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), data_format=data_format)(x)
     x = keras.layers.Conv2D(
         64,
         7,
@@ -526,6 +526,17 @@ def DenseNetBC(
             f"{3 * 16 * convs_per_layer + 4}. Received: depth={depth}"
         )
     input_shape = image_input_shape(input_shape, (32, 32, 3), data_format)
+    # Two 2x2 average poolings.
+    smallest = 4
+    if any(
+        size is not None and size < smallest
+        for size in spatial_sizes(input_shape, data_format)
+    ):
+        raise ValueError(
+            f"`input_shape` should have spatial sizes of at least {smallest} "
+            "(two 2x2 poolings). Received: "
+            f"input_shape={input_shape!r}"
+        )
     if name is None:
         kind = {
             (True, True): "bc",
@@ -536,6 +547,9 @@ def DenseNetBC(
         name = f"densenet_{kind}_{depth}_k{growth_rate}".replace("__", "_")
     num_layers = (depth - 4) // (3 * convs_per_layer)
     inputs = model_input(input_tensor, input_shape)
+    x = check_input_size(
+        inputs, (smallest, smallest), "DenseNetBC", data_format
+    )
     x = keras.layers.Conv2D(
         2 * growth_rate if bottleneck else 16,
         3,
@@ -543,7 +557,7 @@ def DenseNetBC(
         use_bias=False,
         data_format=data_format,
         name="conv1",
-    )(inputs)
+    )(x)
     for index in range(3):
         x = MemoryEfficientDenseBlock(
             num_layers,

@@ -21,6 +21,7 @@ from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
+from keras_fusion.models._inputs_and_heads import check_input_size
 from keras_fusion.models._inputs_and_heads import image_input_shape
 from keras_fusion.models._inputs_and_heads import model_input
 from keras_fusion.models._inputs_and_heads import pixel_classifier
@@ -241,6 +242,9 @@ def FCDenseNet(
         )(x)
 
     inputs = model_input(input_tensor, input_shape)
+    x = check_input_size(
+        inputs, (smallest, smallest), "FCDenseNet", data_format
+    )
     x = keras.layers.Conv2D(
         filters,
         3,
@@ -249,7 +253,7 @@ def FCDenseNet(
         data_format=data_format,
         use_bias=False,
         name="stem_conv",
-    )(inputs)
+    )(x)
     channels = filters
     skips = []
     for i in range(num_pools):

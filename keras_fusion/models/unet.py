@@ -13,6 +13,7 @@ from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
+from keras_fusion.models._inputs_and_heads import check_input_size
 from keras_fusion.models._inputs_and_heads import image_input_shape
 from keras_fusion.models._inputs_and_heads import model_input
 from keras_fusion.models._inputs_and_heads import pixel_classifier
@@ -193,16 +194,14 @@ def UNet(
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     input_shape = image_input_shape(input_shape, (572, 572, 1), data_format)
+    smallest = _smallest_size(num_levels)
     for size in spatial_sizes(input_shape, data_format):
-        if size is None:
-            continue
-        sizes = unet_level_sizes(size, num_levels)
-        if len(sizes["encoder"]) < num_levels or sizes["output"] < 1:
+        if size is not None and size < smallest:
             raise ValueError(
                 "`input_shape` is too small for a U-Net with "
-                f"num_levels={num_levels}: "
-                f"a spatial size of {size} shrinks below one pixel. "
-                f"Received: input_shape={input_shape!r}"
+                f"num_levels={num_levels}: a spatial size of {size} "
+                "shrinks below one pixel; the smallest is "
+                f"{smallest}. Received: input_shape={input_shape!r}"
             )
 
     def conv(x, width, prefix, k):
@@ -261,7 +260,7 @@ def UNet(
         )
 
     inputs = model_input(input_tensor, input_shape)
-    x = inputs
+    x = check_input_size(inputs, (smallest, smallest), "UNet", data_format)
     skips = []
     for i in range(num_levels):
         x = level(two_convs, x, filters * 2**i, f"encoder{i}")
@@ -279,3 +278,14 @@ def UNet(
         data_format,
     )
     return keras.Model(source_inputs(input_tensor, inputs), outputs, name=name)
+
+
+def _smallest_size(num_levels):
+    """The smallest spatial size a U-Net of `num_levels` levels takes: the
+    sizes `unet_level_sizes` computes grow with the input's."""
+    size = 1
+    while True:
+        sizes = unet_level_sizes(size, num_levels)
+        if len(sizes["encoder"]) == num_levels and sizes["output"] >= 1:
+            return size
+        size += 1

@@ -39,16 +39,19 @@ from tests.layer_test_case import run_layer_test
 def conv_bn_dropout(channels=4):
     """A U-Net-style level: Conv -> BN -> ReLU -> Dropout -> Conv."""
     return keras.Sequential(
-        [
-            keras.Input((None, None, channels)),
-            keras.layers.Conv2D(6, 3, padding="same", use_bias=False),
-            keras.layers.BatchNormalization(momentum=0.9),
-            keras.layers.ReLU(),
-            keras.layers.Dropout(0.3, seed=3),
-            keras.layers.Conv2D(5, 3, padding="same"),
-        ],
+        [keras.Input((None, None, channels)), *_conv_bn_dropout_layers()],
         name="conv_bn_dropout",
     )
+
+
+def _conv_bn_dropout_layers():
+    return [
+        keras.layers.Conv2D(6, 3, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(momentum=0.9),
+        keras.layers.ReLU(),
+        keras.layers.Dropout(0.3, seed=3),
+        keras.layers.Conv2D(5, 3, padding="same"),
+    ]
 
 
 def nested():
@@ -100,8 +103,21 @@ def dense_block():
     return keras.Model(inputs, x, name="stage")
 
 
+def unbuilt_sequential():
+    """`conv_bn_dropout` without an `Input`: built when it is wrapped."""
+    return keras.Sequential(_conv_bn_dropout_layers(), name="unbuilt")
+
+
+def recompute_of_recompute():
+    """`Recompute` around an unbuilt `Recompute`, as the README nests
+    them."""
+    return Recompute(unbuilt_sequential(), name="inner_recompute")
+
+
 BLOCKS = {
     "conv_bn_dropout": (conv_bn_dropout, (4, 8, 8, 4)),
+    "unbuilt_sequential": (unbuilt_sequential, (4, 8, 8, 4)),
+    "recompute_of_recompute": (recompute_of_recompute, (4, 8, 8, 4)),
     "nested": (nested, (4, 8, 8, 4)),
     "two_inputs_two_outputs": (
         two_inputs_two_outputs,
@@ -168,6 +184,8 @@ def _sgd_step(plain, wrapped, grads, learning_rate=0.1):
     "name, num_trainable, num_non_trainable",
     [
         ("conv_bn_dropout", 5, 2),
+        ("unbuilt_sequential", 5, 2),
+        ("recompute_of_recompute", 5, 2),
         ("two_inputs_two_outputs", 5, 2),
         ("dense_block", 15, 10),
     ],
@@ -327,9 +345,14 @@ def test_backward_pass_runs_the_block_again():
     block = keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(4), Counting()]
     )
-    calls.clear()  # the Sequential's symbolic build
     x = make_inputs((2, 3), seed=9)
-    value_and_grads(Recompute(block), x)
+    wrapped = Recompute(block)
+    if BACKEND == "tensorflow":
+        # The first training call of an input signature is traced once
+        # more under TensorFlow, to check for state it cannot recompute.
+        value_and_grads(wrapped, x)
+    calls.clear()
+    value_and_grads(wrapped, x)
     # The forward pass, then the recomputation in the backward pass.
     assert calls == [(2, 4), (2, 4)]
     calls.clear()
@@ -440,6 +463,35 @@ def test_mixed_precision_model_around_a_float32_block_keeps_float32():
         _assert_close_relative(mine, reference, 1e-5)
 
 
+@pytest.mark.parametrize(
+    "make_layer, input_shape",
+    [
+        (lambda: keras.layers.Dense(2), (3, 5)),
+        (lambda: keras.layers.Conv2D(2, 3), (2, 6, 6, 3)),
+    ],
+    ids=["Dense", "Conv2D"],
+)
+@pytest.mark.parametrize("symbolic", [False, True])
+def test_wraps_an_unbuilt_layer(make_layer, input_shape, symbolic):
+    keras.utils.set_random_seed(0)
+    wrapped = Recompute(make_layer())
+    x = make_inputs(input_shape)
+    if symbolic:
+        inputs = keras.Input(input_shape[1:])
+        model = keras.Model(inputs, wrapped(inputs))
+        y = model(x)
+    else:
+        y = wrapped(x)
+    plain = make_layer()
+    plain(x)
+    _copy_variables(wrapped.layer, plain)
+    _assert_close_relative(to_numpy(y), to_numpy(plain(x)), 1e-6)
+    _, g_wrapped = value_and_grads(wrapped, x, _total_loss)
+    _, g_plain = value_and_grads(plain, x, _total_loss)
+    for mine, reference in zip(g_wrapped, g_plain, strict=True):
+        _assert_close_relative(mine, reference, 1e-5)
+
+
 def test_recompute_errors_if_dtype_differs_from_the_block():
     with pytest.raises(ValueError, match="set the policy on the block"):
         Recompute(conv_bn_dropout(), dtype="mixed_float16")
@@ -480,3 +532,57 @@ def test_recompute_errors_if_randomness_is_not_tracked():
     wrapped = Recompute(block)
     with pytest.raises(ValueError, match="does not track|seed"):
         value_and_grads(wrapped, make_inputs((2, 3)))
+
+
+class _StatefulNoise(keras.layers.Layer):
+    """Multiplies by TensorFlow's stateful uniform noise."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return x * tf.random.uniform(tf.shape(x))
+
+
+class _UntrackedCounter(keras.layers.Layer):
+    """Counts its calls in a `tf.Variable` Keras does not track."""
+
+    def build(self, input_shape):
+        import tensorflow as tf
+
+        self.calls = tf.Variable(0.0, trainable=False)
+
+    def call(self, x):
+        self.calls.assign_add(1.0)
+        return x
+
+
+@pytest.mark.backends(
+    "tensorflow", reason="stateful random ops and tf.Variable are TensorFlow's"
+)
+@pytest.mark.parametrize(
+    "make_layer, match",
+    [
+        (_StatefulNoise, "stateful TensorFlow random ops.*RandomUniform"),
+        (_UntrackedCounter, "does not track.*AssignAddVariableOp"),
+    ],
+    ids=["random_uniform", "tf_variable_assign"],
+)
+@pytest.mark.parametrize("run", ["eager", "fit", "fit_jit"])
+def test_recompute_errors_if_tensorflow_state_is_not_tracked(
+    make_layer, match, run
+):
+    block = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(3), make_layer()]
+    )
+    wrapped = Recompute(block)
+    x, y = make_inputs((4, 3)), make_inputs((4, 3), seed=1)
+    with pytest.raises(
+        ValueError, match=f"(?s){match}.*(SeedGenerator|add_weight)"
+    ):
+        if run == "eager":
+            value_and_grads(wrapped, x)
+        else:
+            inputs = keras.Input((3,))
+            model = keras.Model(inputs, wrapped(inputs))
+            model.compile("sgd", "mse", jit_compile=run == "fit_jit")
+            model.fit(x, y, verbose=0)
