@@ -79,6 +79,12 @@ def test_quick_demo_runs_every_step_and_writes_its_artifacts(tmp_path):
         "max |served - Keras|",
     ):
         assert metric in summary
+    # The quick run learns: DenseNet-BC's held-out accuracy is far above
+    # chance (0.1 for ten digits), where 16 steps of training left it.
+    accuracy_line = next(
+        line for line in summary.splitlines() if "held-out accuracy" in line
+    )
+    assert float(accuracy_line.split()[-2]) > 0.5, accuracy_line
     ratio_line = next(
         line for line in summary.splitlines() if "peak ratio" in line
     )

@@ -6,6 +6,7 @@ symbolic shapes and again in `call()` on the shapes known at run time. Sizes
 that are tensors (known only at run time) are passed through unchecked.
 """
 
+import math
 import numbers
 
 import keras
@@ -67,7 +68,8 @@ def check_positive_int(value, name):
 def check_real(value, name, expected, is_valid):
     """Check a real-valued argument and return it as a float.
 
-    Python and NumPy numbers are accepted (`numbers.Real`), bools are not.
+    Python and NumPy numbers are accepted (`numbers.Real`), bools are not,
+    nor are infinities and NaN, whatever `is_valid` says.
 
     Args:
         value: the argument.
@@ -78,12 +80,26 @@ def check_real(value, name, expected, is_valid):
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
         or not is_valid(value)
     ):
         raise ValueError(
             f"`{name}` should be {expected}. Received: {name}={value!r}"
         )
     return float(value)
+
+
+def check_seed(seed):
+    """Check a `seed` argument: `None` or an int (NumPy's too), not a
+    bool; returned as a Python int or `None`."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(
+            "`seed` should be None or an int. Received: "
+            f"seed={seed!r} of type {type(seed).__name__}"
+        )
+    return int(seed)
 
 
 def check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon):
@@ -98,7 +114,7 @@ def check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon):
     epsilon = check_real(
         batch_norm_epsilon,
         "batch_norm_epsilon",
-        "a positive float",
+        "a positive, finite float",
         lambda v: v > 0,
     )
     return momentum, epsilon
@@ -222,6 +238,14 @@ def check_fusion_input_shapes(input_shapes, data_format, layer_name):
             `refuse_torchscript_trace`).
     """
     refuse_torchscript_trace(layer_name)
+    if input_shapes is None or (
+        isinstance(input_shapes, (list, tuple)) and not input_shapes
+    ):
+        # Keras builds a layer called on an empty list with shape None.
+        raise ValueError(
+            f"`{layer_name}` should be called on a list of at least 2 "
+            "inputs. Received: an empty list"
+        )
     if not isinstance(input_shapes, (list, tuple)) or not all(
         isinstance(s, (list, tuple)) for s in input_shapes
     ):
@@ -340,6 +364,37 @@ def common_channel_count(input_shapes, axis, layer_name, remedy):
             f"{channels} in shapes {[tuple(s) for s in input_shapes]}"
         )
     return known.pop() if known else None
+
+
+def check_size_argument(value, name):
+    """Check a size argument that must be known before run time: a Python
+    or NumPy int (not a bool), a scalar integer tensor or array, or
+    anything `static_size` passes on (a tensor known only at run time, a
+    traced value). Returns it as `static_size` does.
+
+    Raises:
+        TypeError: for a float, a bool, a string or another type.
+    """
+    if is_static_size(value) or (
+        (isinstance(value, np.ndarray) or keras.ops.is_tensor(value))
+        and len(value.shape) == 0
+        and keras.backend.standardize_dtype(value.dtype).startswith(
+            ("int", "uint")
+        )
+    ):
+        return static_size(value)
+    if _is_traced(value):
+        return value
+    raise TypeError(
+        f"`{name}` should be an int or a scalar integer tensor. Received: "
+        f"{name}={value!r} of type {type(value).__name__}"
+    )
+
+
+def _is_traced(value):
+    """Whether `value` is a JAX tracer or a symbolic dimension, sizes that
+    are ints once traced."""
+    return type(value).__module__.startswith(("jax", "keras", "torch"))
 
 
 def is_static_size(value):

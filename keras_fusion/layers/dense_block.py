@@ -7,6 +7,7 @@ from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_feature_map_shape
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
+from keras_fusion._internal.checks import check_seed
 from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.backend.batch_norm_relu import update_moving_statistics
@@ -152,7 +153,11 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
             "a float in [0, 1)",
             lambda v: 0 <= v < 1,
         )
-        if recompute is not False and recompute not in _POLICIES:
+        # A bool or a policy name: 1, 1.0 and np.True_ equal True, and
+        # would otherwise be taken for it.
+        if recompute is not False and (
+            not isinstance(recompute, (bool, str)) or recompute not in _POLICIES
+        ):
             raise ValueError(
                 "`recompute` should be one of 'full' (or True), 'concat_bn' "
                 f"or False. Received: recompute={recompute!r}"
@@ -171,7 +176,7 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
         self.data_format = standardize_data_format(data_format)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.synchronized = check_synchronized(synchronized)
         self.return_new_features = check_bool(
             return_new_features, "return_new_features"

@@ -322,7 +322,7 @@ class FusionSelector(keras.layers.Layer):
         self.fusion_epsilon = check_real(
             fusion_epsilon,
             "fusion_epsilon",
-            "a positive number",
+            "a positive, finite number",
             lambda v: v > 0,
         )
         self.batch_norm_momentum, self.batch_norm_epsilon = (
@@ -385,6 +385,7 @@ class FusionSelector(keras.layers.Layer):
         masks = check_masks(
             inputs, mask, self._channel_axis, self.__class__.__name__
         )
+        self._check_float_inputs(inputs)
         fused = self._normalize(list(inputs), masks, training)
         fused = self._project(fused)
         fused = self._align(fused)
@@ -495,6 +496,28 @@ class FusionSelector(keras.layers.Layer):
                 f"{type(self).__name__!r} object has no attribute {name!r}"
             )
         return parent(name)
+
+    def _check_float_inputs(self, inputs):
+        """Refuse integer and bool inputs where a sublayer (BatchNorm, a
+        1x1 convolution) would compute with them."""
+        if not (self._batch_norms or any(self._projections)):
+            return
+        for index, x in enumerate(inputs):
+            dtype = keras.backend.standardize_dtype(x.dtype)
+            if self._projections and self._projections[index] is None:
+                continue
+            if not keras.backend.is_float_dtype(dtype):
+                raise TypeError(
+                    "`FusionSelector` with "
+                    + (
+                        "batch_norm_before_concat=True normalizes"
+                        if self._batch_norms
+                        else f"projection={self.projection} projects"
+                    )
+                    + " its inputs, which should be floating-point tensors: "
+                    "cast them first (e.g. `keras.ops.cast(x, 'float32')`). "
+                    f"Received: input {index} of dtype {dtype}"
+                )
 
     # Sublayers, one concern each, in the order `call` applies them:
     # per-input BatchNorm, projection, alignment, fusion.

@@ -165,6 +165,12 @@ class Recompute(keras.layers.Wrapper):
         # `keras.layers.Wrapper.from_config` pops the block out of the
         # caller's dict, and deserializing a functional block empties its
         # config; this leaves the caller's config as it was.
+        if "layer" not in config:
+            raise ValueError(
+                "`Recompute.from_config` needs the wrapped layer's config "
+                "under 'layer', as `get_config` returns it. Received: a "
+                f"config with keys {sorted(config)}"
+            )
         config = copy.deepcopy(config)
         layer = keras.saving.deserialize_keras_object(
             config.pop("layer"), custom_objects=custom_objects

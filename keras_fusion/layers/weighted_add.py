@@ -136,7 +136,7 @@ class WeightedAdd(keras.layers.Layer):
         self.fusion_epsilon = check_real(
             fusion_epsilon,
             "fusion_epsilon",
-            "a positive number",
+            "a positive, finite number",
             lambda v: v > 0,
         )
         self.axis = validate_axis_argument(axis)

@@ -6,6 +6,8 @@ The arguments and layer names follow `keras.applications`: a builder takes
 are named `avg_pool`, `max_pool` and `predictions`.
 """
 
+import numbers
+
 import keras
 
 from keras_fusion.layers._input_size_check import InputSizeCheck
@@ -28,19 +30,38 @@ def image_input_shape(input_shape, default, data_format):
         if data_format == "channels_first":
             return (default[-1], *default[:-1])
         return tuple(default)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
-        order = (
-            "(channels, height, width)"
-            if data_format == "channels_first"
-            else "(height, width, channels)"
-        )
+    order = (
+        "(channels, height, width)"
+        if data_format == "channels_first"
+        else "(height, width, channels)"
+    )
+    if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
         raise ValueError(
-            f"`input_shape` should have 3 entries, {order} for "
+            f"`input_shape` should be a tuple of 3 entries, {order} for "
             f"data_format='{data_format}'. Received: "
             f"input_shape={input_shape!r}"
         )
-    return input_shape
+    input_shape = tuple(input_shape)
+    channels = input_shape[0 if data_format == "channels_first" else -1]
+    spatial = spatial_sizes(input_shape, data_format)
+    if not _is_positive_int(channels) or not all(
+        size is None or _is_positive_int(size) for size in spatial
+    ):
+        raise ValueError(
+            f"`input_shape` should be {order} for data_format="
+            f"'{data_format}', with a positive int for the channels and a "
+            "positive int or None for each spatial size. Received: "
+            f"input_shape={input_shape!r}"
+        )
+    return tuple(None if s is None else int(s) for s in input_shape)
+
+
+def _is_positive_int(value):
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value > 0
+    )
 
 
 def spatial_sizes(input_shape, data_format):

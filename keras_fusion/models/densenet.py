@@ -155,8 +155,7 @@ def DenseNet(
     """
     data_format = standardize_data_format(data_format)
     check_synchronized(synchronized)
-    blocks = tuple(blocks)
-    if len(blocks) != 4:
+    if not isinstance(blocks, (list, tuple)) or len(blocks) != 4:
         raise ValueError(
             "`blocks` should list the number of layers of the 4 dense "
             f"blocks. Received: blocks={blocks!r}"

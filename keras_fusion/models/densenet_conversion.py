@@ -7,6 +7,8 @@ Reference:
     https://arxiv.org/abs/1707.06990) (Pleiss et al., 2017)
 """
 
+import keras
+
 from keras_fusion.models.densenet import DenseNet
 from keras_fusion.models.densenet_weights import copy_keras_application_weights
 
@@ -61,6 +63,12 @@ def from_keras_application(
     Raises:
         ValueError: if `model` is not a `keras.applications` DenseNet.
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`model` should be a keras.applications DenseNet (a "
+            "`keras.Model`). Received: "
+            f"model={model!r} of type {type(model).__name__}"
+        )
     blocks = []
     for index in range(2, 6):
         count = 0

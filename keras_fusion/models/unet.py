@@ -53,6 +53,8 @@ def unet_level_sizes(size, num_levels=4):
         https://arxiv.org/abs/1505.04597) (Ronneberger et al., MICCAI 2015),
         Fig. 1
     """
+    size = check_positive_int(size, "size")
+    num_levels = check_positive_int(num_levels, "num_levels")
     encoder, crop, decoder = [], [], []
     current = size
     for _ in range(num_levels):

@@ -20,6 +20,7 @@ from keras import ops
 
 from keras_fusion._internal.checks import check_feature_map
 from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import check_size_argument
 from keras_fusion._internal.checks import check_spatial_size
 from keras_fusion._internal.checks import is_static_size
 from keras_fusion._internal.checks import smallest_spatial_shape
@@ -29,7 +30,6 @@ from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_slice
 from keras_fusion.backend.size_checks import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import sliced_shape
-from keras_fusion.backend.size_checks import static_size
 from keras_fusion.backend.size_checks import with_static_shape
 
 _CROP_TOO_LARGE = (
@@ -66,8 +66,10 @@ def center_crop_offsets(size, target):
     Raises:
         ValueError: if both sizes are known and `target` is not between 0
             and `size`.
+        TypeError: if a size is not an int or a scalar integer tensor.
     """
-    size, target = static_size(size), static_size(target)
+    size = check_size_argument(size, "size")
+    target = check_size_argument(target, "target")
     if is_static_size(size) and is_static_size(target):
         if not 0 <= target <= size:
             raise ValueError(
@@ -207,6 +209,8 @@ def crop_to_smallest(tensors, data_format=None):
             "`tensors` should be a list of at least 2 feature maps. "
             f"Received: tensors of type {type(tensors).__name__}"
         )
+    for index, t in enumerate(tensors):
+        check_feature_map(t, f"tensors[{index}]")
     check_fusion_input_shapes(
         [tuple(t.shape) for t in tensors], data_format, "crop_to_smallest"
     )

@@ -123,6 +123,8 @@ def pad_to_largest(tensors, data_format=None):
             "`tensors` should be a list of at least 2 feature maps. "
             f"Received: tensors of type {type(tensors).__name__}"
         )
+    for index, t in enumerate(tensors):
+        check_feature_map(t, f"tensors[{index}]")
     check_fusion_input_shapes(
         [tuple(t.shape) for t in tensors], data_format, "pad_to_largest"
     )

@@ -466,7 +466,7 @@ def test_full_keeps_only_the_new_features(num_layers, dropout_rate):
         ({"recompute": "yes"}, "`recompute` should be one of.*'yes'"),
         (
             {"batch_norm_epsilon": 0},
-            "`batch_norm_epsilon` should be a positive float.*0",
+            "`batch_norm_epsilon` should be a positive, finite float.*0",
         ),
         (
             {"batch_norm_momentum": 2},

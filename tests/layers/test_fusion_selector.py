@@ -940,9 +940,9 @@ def test_fusion_selector_errors_if_flag_is_not_a_bool(name):
 @pytest.mark.parametrize(
     "name, value, expected",
     [
-        ("fusion_epsilon", 0.0, "a positive number"),
-        ("fusion_epsilon", "small", "a positive number"),
-        ("batch_norm_epsilon", -1e-3, "a positive float"),
+        ("fusion_epsilon", 0.0, "a positive, finite number"),
+        ("fusion_epsilon", "small", "a positive, finite number"),
+        ("batch_norm_epsilon", -1e-3, "a positive, finite float"),
         ("batch_norm_momentum", 1.5, r"a float in \[0, 1\]"),
     ],
 )

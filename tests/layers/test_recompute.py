@@ -476,18 +476,21 @@ def test_wraps_an_unbuilt_layer(make_layer, input_shape, symbolic):
     keras.utils.set_random_seed(0)
     wrapped = Recompute(make_layer())
     x = make_inputs(input_shape)
+    inputs = keras.Input(input_shape[1:])
     if symbolic:
-        inputs = keras.Input(input_shape[1:])
+        # Built by the functional API's symbolic call.
         model = keras.Model(inputs, wrapped(inputs))
-        y = model(x)
     else:
-        y = wrapped(x)
+        # Built by its first (eager) call.
+        wrapped(x)
+        model = keras.Model(inputs, wrapped(inputs))
     plain = make_layer()
-    plain(x)
+    plain_model = keras.Model(inputs, plain(inputs))
     _copy_variables(wrapped.layer, plain)
-    _assert_close_relative(to_numpy(y), to_numpy(plain(x)), 1e-6)
-    _, g_wrapped = value_and_grads(wrapped, x, _total_loss)
-    _, g_plain = value_and_grads(plain, x, _total_loss)
+    _assert_close_relative(to_numpy(model(x)), to_numpy(plain_model(x)), 1e-6)
+    # Through models: `Dense.call` takes `training`, `Conv2D.call` not.
+    _, g_wrapped = value_and_grads(model, x, _total_loss)
+    _, g_plain = value_and_grads(plain_model, x, _total_loss)
     for mine, reference in zip(g_wrapped, g_plain, strict=True):
         _assert_close_relative(mine, reference, 1e-5)
 

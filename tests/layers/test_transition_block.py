@@ -142,11 +142,11 @@ def test_transition_block_accepts_numpy_numbers():
     [
         (
             {"batch_norm_epsilon": 0},
-            "`batch_norm_epsilon` should be a positive float.*0",
+            "`batch_norm_epsilon` should be a positive, finite float.*0",
         ),
         (
             {"batch_norm_epsilon": "small"},
-            "`batch_norm_epsilon` should be a positive float",
+            "`batch_norm_epsilon` should be a positive, finite float",
         ),
         (
             {"batch_norm_momentum": 1.5},

@@ -299,7 +299,7 @@ def test_weighted_add_errors_if_weight_per_channel_is_not_a_bool():
 def test_weighted_add_errors_if_fusion_epsilon_is_not_positive(fusion_epsilon):
     with pytest.raises(
         ValueError,
-        match="`fusion_epsilon` should be a positive number. "
+        match="`fusion_epsilon` should be a positive, finite number. "
         f"Received: fusion_epsilon={re.escape(repr(fusion_epsilon))}",
     ):
         WeightedAdd(fusion_epsilon=fusion_epsilon)

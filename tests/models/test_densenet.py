@@ -1,9 +1,11 @@
+import contextlib
 import os
 
 import h5py
 import keras
 import numpy as np
 import pytest
+from keras.src.backend.common import dtypes as keras_dtypes
 
 from keras_fusion import MemoryEfficientDenseBlock
 from keras_fusion import TransitionBlock
@@ -16,6 +18,7 @@ from keras_fusion.models import DenseNet264
 from keras_fusion.models import DenseNetBC
 from keras_fusion.models import copy_keras_application_weights
 from keras_fusion.models import from_keras_application
+from tests.backend_utils import BACKEND
 from tests.backend_utils import TF_KERNEL
 from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
@@ -73,6 +76,43 @@ def _training_step(model, x):
     return y, grads[1:]
 
 
+@contextlib.contextmanager
+def _float64():
+    """Models built and run in this context compute in float64 throughout.
+
+    On JAX and PyTorch, Keras promotes float64 with float32 to float32 (as
+    JAX does without x64), so `keras.layers.BatchNormalization`, and our
+    kernels with it, would normalize float64 inputs in float32; JAX also
+    needs x64 on to hold float64 at all.
+    """
+    previous = keras.config.floatx()
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setitem(keras_dtypes.BIT64_TO_BIT32_DTYPE, "float64", "float64")
+        if BACKEND == "jax":
+            import jax
+
+            stack.enter_context(jax.enable_x64(True))
+        keras.config.set_floatx("float64")
+        try:
+            yield
+        finally:
+            keras.config.set_floatx(previous)
+
+
+@pytest.fixture(scope="module")
+def float64_training_step(source):
+    """`source` in float64, and its training step on 16 images: `(model,
+    inputs, outputs, gradients)`."""
+    images = np.random.default_rng(1).normal(size=(16, *SHAPE))
+    with _float64():
+        model = keras.applications.DenseNet121(
+            weights=None, input_shape=SHAPE, classes=10
+        )
+        model.set_weights(source.get_weights())
+        return model, images, *_training_step(model, images)
+
+
 @pytest.mark.parametrize(
     "ours, theirs, trainable",
     [
@@ -113,28 +153,35 @@ def test_converted_model_predicts_as_keras_applications(
 
 
 @pytest.mark.parametrize("recompute", [True, "concat_bn"])
-def test_converted_model_trains_as_keras_applications(source, recompute):
-    ours = from_keras_application(source, recompute=recompute)
-    images = np.random.default_rng(1).normal(size=(16, *SHAPE))
-    images = images.astype("float32")
-    y_ours, g_ours = _training_step(ours, images)
-    y_theirs, g_theirs = _training_step(source, images)
-    # A batch of 16: in the last block (1x1 at 32x32 inputs) BatchNorm
-    # normalizes over the batch alone, and over 4 values it amplifies the
-    # last-bit differences between XLA's compilations of the differentiated
-    # and the plain forward pass (under JAX) about 50 times.
-    rtol = 1e-5
-    np.testing.assert_allclose(y_ours, y_theirs, rtol=rtol, atol=1e-6)
+def test_converted_model_trains_as_keras_applications(
+    float64_training_step, recompute
+):
+    # In float64, where the two models agree to 1e-14 of the largest
+    # gradient (outputs to 7e-15; Keras's plain layers to 2e-15). In float32
+    # they can differ by 1e-2 of it without either being wrong: two of this
+    # step's 5.1 million ReLU inputs lie within float32 rounding of zero
+    # (-5e-8 and -3e-6 where float64 gives 5e-7 and 3e-6) and take the
+    # other branch, which moves the gradient of every weight before them.
+    # Which inputs flip follows the last bits of the forward pass, so how
+    # XLA compiled it: under JAX on an AMX CPU keras.applications' own
+    # float32 gradient is 7.0e-3 of the largest gradient from its float64
+    # one, the recomputing model's 5.2e-3, in other places; with the
+    # images moved by one float32 ulp the two agree to 1.6e-5. A float32
+    # computation anywhere (Keras's float32 BatchNorm in a float64 model)
+    # shows at 4e-6, 40,000 times this tolerance.
+    source, images, y_theirs, g_theirs = float64_training_step
+    tolerance = 1e-10
+    with _float64():
+        ours = from_keras_application(source, recompute=recompute)
+        y_ours, g_ours = _training_step(ours, images)
+    np.testing.assert_allclose(y_ours, y_theirs, rtol=0, atol=tolerance)
     paths = [w.path.replace("/", "_") for w in ours.trainable_weights]
     assert paths == [w.path.replace("/", "_") for w in source.trainable_weights]
-    # Gradients agree to 1e-5 of the largest one: a few BatchNorm gammas
-    # near the input have gradients 2000x smaller than that, sums of
-    # cancelling terms whose last digits depend on summation order (they
-    # differ as much between the plain Keras block and keras.applications).
     scale = max(np.max(np.abs(g)) for g in g_theirs)
     for mine, theirs, path in zip(g_ours, g_theirs, paths, strict=True):
+        assert mine.dtype == theirs.dtype == "float64", path
         np.testing.assert_allclose(
-            mine, theirs, rtol=rtol, atol=rtol * scale, err_msg=path
+            mine, theirs, rtol=0, atol=tolerance * scale, err_msg=path
         )
 
 
@@ -768,12 +815,12 @@ def test_densenet_errors_if_arguments_are_invalid(builder, kwargs, message):
         ),
         (
             {"batch_norm_epsilon": 0.0},
-            "`batch_norm_epsilon` should be a positive float. "
+            "`batch_norm_epsilon` should be a positive, finite float. "
             "Received: batch_norm_epsilon=0.0",
         ),
         (
             {"batch_norm_epsilon": -1e-5},
-            "`batch_norm_epsilon` should be a positive float. "
+            "`batch_norm_epsilon` should be a positive, finite float. "
             "Received: batch_norm_epsilon=-1e-05",
         ),
     ],
