@@ -1,10 +1,31 @@
 import os
 
 import pytest
+from hypothesis import settings
 
 # Keep TensorFlow's C++ start-up chatter out of test output; it is set before
 # the first import of TensorFlow, which happens when the tests collect.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Hypothesis profiles for the property tests (tests/*/test_properties.py).
+# `max_examples` is what an eager property runs; a traced or compiled one
+# runs a share of it (tests/property_cases.py, `examples`). "ci", loaded
+# where the CI variable is set: the same examples on every run
+# (derandomized) and no example database. "dev", the default: as many
+# examples, new ones on each run, failures kept in .hypothesis/ and tried
+# first the next time. "long" (HYPOTHESIS_PROFILE=long; the variable picks
+# the others too): 20 times as many, for a longer search. No deadline: a
+# first trace or XLA compilation can take a second on a loaded machine.
+settings.register_profile(
+    "ci", max_examples=100, derandomize=True, database=None, deadline=None
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("long", max_examples=2000, deadline=None)
+settings.load_profile(
+    os.environ.get(
+        "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"
+    )
+)
 
 
 def pytest_configure(config):

@@ -56,7 +56,29 @@ def check_masks(inputs, mask, channel_axis, layer_name):
                 f"{channel_axis}): {expected} for input {index} of shape "
                 f"{tuple(x.shape)}. Received: mask[{index}].shape={received}"
             )
-    return list(mask)
+    return [
+        m if m is None else _checked_run_time_shape(x, m, channel_axis, index)
+        for index, (x, m) in enumerate(zip(inputs, mask, strict=True))
+    ]
+
+
+def _checked_run_time_shape(x, mask, channel_axis, index):
+    """`mask`, checked against `x` where their sizes are known only when a
+    TensorFlow graph runs: a mask of size 1 would broadcast. Also where the
+    layer then returns no mask (a sum with an unmasked input): the check
+    runs in a `tf.function` all the same."""
+    if None not in tuple(x.shape) + tuple(mask.shape):
+        return mask  # check_masks has compared the sizes
+    first_channel = [slice(None)] * len(x.shape)
+    first_channel[channel_axis] = 0
+    _, mask = checked_equal_shapes(
+        [x[tuple(first_channel)], mask],
+        "mask",
+        f"`mask[{index}]` should have the shape of input {index} without "
+        "the channel axis. Received: input without its channel axis and "
+        "mask with run-time shapes {shapes}",
+    )
+    return mask
 
 
 def fuse_masks(inputs, masks, align, data_format, channel_axis):
@@ -80,21 +102,13 @@ def fuse_masks(inputs, masks, align, data_format, channel_axis):
         axis.
     """
     aligned = []
-    for index, (x, m) in enumerate(zip(inputs, masks, strict=True)):
-        first_channel = [slice(None)] * len(x.shape)
-        first_channel[channel_axis] = 0
-        valid = ops.ones_like(x[tuple(first_channel)], dtype="bool")
+    for x, m in zip(inputs, masks, strict=True):
+        index = [slice(None)] * len(x.shape)
+        index[channel_axis] = 0
+        valid = ops.ones_like(x[tuple(index)], dtype="bool")
         if m is not None:
-            # Mask sizes that were None when check_masks ran are checked
-            # when the graph runs: a mask of size 1 would broadcast.
-            valid, m = checked_equal_shapes(
-                [valid, ops.cast(m, "bool")],
-                "fused_mask",
-                f"`mask[{index}]` should have the shape of input {index} "
-                "without the channel axis. Received: input without its "
-                "channel axis and mask with run-time shapes {shapes}",
-            )
-            valid = ops.logical_and(valid, m)
+            # check_masks has checked its run-time shape: no broadcast.
+            valid = ops.logical_and(valid, ops.cast(m, "bool"))
         # A channel axis of size 1 makes the mask a feature map that the
         # alignment functions crop or pad with its input's offsets.
         aligned.append(ops.expand_dims(valid, channel_axis))

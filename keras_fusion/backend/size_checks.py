@@ -282,6 +282,8 @@ def _check(x, condition, message, fields, name):
     """`x`, available only once a run-time check of `condition` passed."""
     import tensorflow as tf
 
+    if _in_xla_context():
+        return x
     check = tf.debugging.Assert(
         condition, [_format(message, fields)], name=f"{name}_check"
     )
@@ -311,41 +313,88 @@ def _tuple_text(values):
     return tf.strings.join(["(", tf.strings.join(texts, ", "), closing])
 
 
-def checked_equal_shapes(tensors, name, message):
-    """`tensors`, failing at run time unless they all have the same shape.
+def checked_equal_shapes(tensors, name, message, axes=None):
+    """`tensors`, failing at run time unless their sizes agree on `axes`.
 
     For element-wise fusion (addition, weighted addition) and masks, where
     broadcasting would turn an input of size 1 into a result of the
-    other's size. Shapes that are fully known (on every backend but in a
-    TensorFlow graph with `None` sizes) are the caller's to check; the
-    check here covers sizes known only at run time, on every path a
-    TensorFlow graph takes: an `Assert` when it runs; under XLA and in
-    LiteRT, each tensor sliced to the size of the next one, around the
-    ring (a slice beyond a tensor fails there, so each is at least the
-    next, and all are equal); in ONNX, whose Slice clamps, a reshape of
-    each slice to the size it was asked for (a clamped slice has fewer
-    elements). A slice of all of a tensor moves no data in TensorFlow.
+    other's size, and for the batch sizes of maps cropped or padded
+    together. Sizes that are known (on every backend but in a TensorFlow
+    graph with `None` sizes) are the caller's to check; the check here
+    covers sizes known only at run time, on every path a TensorFlow graph
+    takes: an `Assert` when it runs; under XLA and in LiteRT, each tensor
+    sliced to the size of the next one, around the ring (a slice beyond a
+    tensor fails there, so each is at least the next, and all are equal);
+    in ONNX, whose Slice clamps, a reshape of each slice to the size it was
+    asked for (a clamped slice has fewer elements). A slice of all of a
+    tensor moves no data in TensorFlow.
 
     Args:
         tensors: a list of 2 or more tensors of the same rank.
         name: the name of the ops, which an XLA or ONNX error ends with.
         message: the error message, a `str.format` template whose one
             field, `{shapes}`, is the list of the run-time shapes.
+        axes: the axes whose sizes must agree; all of them by default.
     """
     tensors = list(tensors)
     static = [tuple(t.shape) for t in tensors]
+    rank = len(static[0])
+    axes = tuple(range(rank)) if axes is None else tuple(axes)
     if (
         keras.backend.backend() != "tensorflow"
-        or all(None not in s for s in static)
+        or all(s[a] is not None for s in static for a in axes)
         or not any(_is_graph_tensor(t) for t in tensors)
     ):
         return tensors
     import tensorflow as tf
 
     shapes = [tf.shape(t, out_type="int32") for t in tensors]
+    if _in_xla_context():
+        check = tf.no_op()
+    else:
+        check = _shapes_check(shapes, static, axes, message, name)
+    # The sizes that any tensor knows before run time go into the reshape
+    # as constants, so that the guarded tensors keep them (see
+    # `with_static_shape`); the others are the next tensor's, which a
+    # converter cannot read as "the size this tensor has" and drop.
+    known = [
+        next((s[a] for s in static if s[a] is not None), None)
+        if a in axes
+        else None
+        for a in range(rank)
+    ]
+    guarded = []
+    with tf.control_dependencies([check]):
+        for index, t in enumerate(tensors):
+            target = shapes[(index + 1) % len(tensors)]
+            size = [target[a] if a in axes else -1 for a in range(rank)]
+            sliced = tf.slice(t, [0] * rank, tf.stack(size), name=name)
+            expected = [
+                (target[a] if known[a] is None else known[a])
+                if a in axes
+                else (
+                    shapes[index][a]
+                    if static[index][a] is None
+                    else static[index][a]
+                )
+                for a in range(rank)
+            ]
+            guarded.append(
+                tf.reshape(sliced, tf.stack(expected), name=f"{name}_size")
+            )
+    return guarded
+
+
+def _shapes_check(shapes, static, axes, message, name):
+    """The `Assert` of `checked_equal_shapes`, with the run-time shapes in
+    its message."""
+    import tensorflow as tf
+
+    sizes = [tf.gather(s, list(axes)) for s in shapes]
     equal = tf.reduce_all(
-        tf.stack([tf.reduce_all(tf.equal(shapes[0], s)) for s in shapes[1:]])
+        tf.stack([tf.reduce_all(tf.equal(sizes[0], s)) for s in sizes[1:]])
     )
+
     shape_texts = [
         _tuple_text([s[a] if d is None else d for a, d in enumerate(known)])
         for s, known in zip(shapes, static, strict=True)
@@ -354,27 +403,7 @@ def checked_equal_shapes(tensors, name, message):
     text = tf.strings.join(
         [before, "[", tf.strings.join(shape_texts, ", "), "]", after]
     )
-    check = tf.debugging.Assert(equal, [text], name=f"{name}_check")
-    # The sizes that any tensor knows before run time go into the reshape
-    # as constants, so that the guarded tensors keep them (see
-    # `with_static_shape`); the others are the next tensor's, which a
-    # converter cannot read as "the size this tensor has" and drop.
-    known = [
-        next((s[a] for s in static if s[a] is not None), None)
-        for a in range(len(static[0]))
-    ]
-    guarded = []
-    with tf.control_dependencies([check]):
-        for index, t in enumerate(tensors):
-            target = shapes[(index + 1) % len(tensors)]
-            sliced = tf.slice(t, tf.zeros_like(target), target, name=name)
-            expected = [
-                target[a] if d is None else d for a, d in enumerate(known)
-            ]
-            guarded.append(
-                tf.reshape(sliced, tf.stack(expected), name=f"{name}_size")
-            )
-    return guarded
+    return tf.debugging.Assert(equal, [text], name=f"{name}_check")
 
 
 def _is_graph_tensor(x):
@@ -442,3 +471,15 @@ def checked_minimum_size(x, minimum, name, message):
     )
     x = _check(x, large_enough, message, {"shape": shape}, name)
     return tf.reshape(x, tf.stack(checked), name=f"{name}_size")
+
+
+def _in_xla_context():
+    """Whether the graph being traced is compiled by XLA
+    (`jit_compile=True`), which drops `Assert` and cannot compile the
+    string ops of its message (the slices and reshapes check there)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )

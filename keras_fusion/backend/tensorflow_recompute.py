@@ -86,13 +86,23 @@ def recomputing_call(fn, differentiable, constants, inspected):
 
     @tf.custom_gradient
     def forward(*args):
-        graph = (
-            None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-        )
-        first = 0 if graph is None else len(graph.get_operations())
-        outputs, state = fn(list(args), constants)
-        if graph is not None:
-            _check_pure(graph.get_operations()[first:])
+        if tf.executing_eagerly():
+            outputs, state = fn(list(args), constants)
+        else:
+            graph = tf.compat.v1.get_default_graph()
+            first = len(graph.get_operations())
+            # A scope of its own: a tf.distribute strategy traces its
+            # replicas in threads, into this graph at the same time, and
+            # the name scope is per thread.
+            with tf.name_scope("recomputed_call") as scope:
+                outputs, state = fn(list(args), constants)
+            _check_pure(
+                [
+                    op
+                    for op in graph.get_operations()[first:]
+                    if op.name.startswith(scope)
+                ]
+            )
         new_state.extend(tf.stop_gradient(s) for s in state)
 
         def backward(*d_outputs, variables=None):

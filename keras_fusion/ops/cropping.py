@@ -27,6 +27,7 @@ from keras_fusion._internal.checks import smallest_spatial_shape
 from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.backend.size_checks import check_traced_sizes
+from keras_fusion.backend.size_checks import checked_equal_shapes
 from keras_fusion.backend.size_checks import checked_slice
 from keras_fusion.backend.size_checks import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import sliced_shape
@@ -333,6 +334,7 @@ def _center_crop_to(x, reference, data_format):
 
 
 def _crop_to_smallest(tensors, data_format):
+    tensors = checked_batch_sizes(tensors, data_format, "crop_to_smallest")
     shapes = [ops.shape(t) for t in tensors]
     smallest = []
     for axis in spatial_axes(len(shapes[0]), data_format):
@@ -357,6 +359,26 @@ def _crop_to_smallest(tensors, data_format):
             with_static_shape(_slice(t, begin, size), sliced_shape(t, size))
         )
     return cropped
+
+
+def checked_batch_sizes(tensors, data_format, name):
+    """`tensors`, feature maps to align, once their batch sizes agree.
+
+    The static check on the shapes they have when they run (in a
+    functional model they were traced with `None`), and for sizes known
+    only when a TensorFlow graph runs, `checked_equal_shapes` on the batch
+    axis. Shared with `keras_fusion.ops.padding`.
+    """
+    check_fusion_input_shapes(
+        [tuple(t.shape) for t in tensors], data_format, name
+    )
+    return checked_equal_shapes(
+        tensors,
+        f"{name}_batch",
+        f"All inputs to `{name}` should have the same batch size (axis 0). "
+        "Received: inputs with run-time shapes {shapes}",
+        axes=(0,),
+    )
 
 
 def _slice(x, begin, size):

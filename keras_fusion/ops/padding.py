@@ -30,6 +30,7 @@ from keras_fusion.backend.size_checks import padded_shape
 from keras_fusion.backend.size_checks import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import with_static_shape
 from keras_fusion.ops.cropping import center_crop_offsets
+from keras_fusion.ops.cropping import checked_batch_sizes
 
 _PAD_TOO_SMALL = (
     "Cannot zero-pad to a size smaller than the input: `size` should be at "
@@ -222,6 +223,7 @@ def _pad_width(x, size, data_format):
 
 
 def _pad_to_largest(tensors, data_format):
+    tensors = checked_batch_sizes(tensors, data_format, "pad_to_largest")
     shapes = [ops.shape(t) for t in tensors]
     largest = []
     for axis in spatial_axes(len(shapes[0]), data_format):
