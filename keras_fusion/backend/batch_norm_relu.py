@@ -23,9 +23,11 @@ from keras import ops
 
 
 def statistics_dtype(dtype):
-    """BatchNorm's statistics dtype for inputs of `dtype`: float32 for
-    float16/bfloat16 (as `keras.layers.BatchNormalization` computes them),
-    float64 for float64."""
+    """BatchNorm's statistics dtype for inputs of `dtype`, the one
+    `keras.layers.BatchNormalization` computes in: float32 for
+    float16/bfloat16, and for float64 float64 under TensorFlow but float32
+    under JAX and PyTorch, where Keras's type promotion turns 64-bit types
+    into 32-bit ones (as JAX does without x64)."""
     return keras.backend.result_type(dtype, "float32")
 
 
