@@ -125,7 +125,7 @@ NOT_POSITIVE_FINITE = "should be a positive, finite"
         (
             lambda: UNet(input_shape="abc"),
             ValueError,
-            "`input_shape` should be a tuple of 3 entries.*input_shape='abc'",
+            "`input_shape` should have 3 entries.*input_shape='abc'",
         ),
         (
             lambda: UNet(input_shape=(572.0, 572, 1)),

@@ -37,7 +37,7 @@ def image_input_shape(input_shape, default, data_format):
     )
     if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
         raise ValueError(
-            f"`input_shape` should be a tuple of 3 entries, {order} for "
+            f"`input_shape` should have 3 entries, {order} for "
             f"data_format='{data_format}'. Received: "
             f"input_shape={input_shape!r}"
         )
