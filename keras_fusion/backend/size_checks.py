@@ -353,24 +353,27 @@ def checked_equal_shapes(tensors, name, message, axes=None):
         check = tf.no_op()
     else:
         check = _shapes_check(shapes, static, axes, message, name)
-    # The sizes that any tensor knows before run time go into the reshape
-    # as constants, so that the guarded tensors keep them (see
-    # `with_static_shape`); the others are the next tensor's, which a
-    # converter cannot read as "the size this tensor has" and drop.
+    # Each slice is reshaped to the size it asked for: the next tensor's,
+    # as a constant where that tensor knows it before run time (the
+    # converters then see it too, see `with_static_shape`). Not this
+    # tensor's own static size: in ONNX a clamped slice of it would match.
     known = [
         next((s[a] for s in static if s[a] is not None), None)
-        if a in axes
-        else None
         for a in range(rank)
     ]
     guarded = []
     with tf.control_dependencies([check]):
         for index, t in enumerate(tensors):
-            target = shapes[(index + 1) % len(tensors)]
+            following = (index + 1) % len(tensors)
+            target = shapes[following]
             size = [target[a] if a in axes else -1 for a in range(rank)]
             sliced = tf.slice(t, [0] * rank, tf.stack(size), name=name)
-            expected = [
-                (target[a] if known[a] is None else known[a])
+            requested = [
+                (
+                    target[a]
+                    if static[following][a] is None
+                    else static[following][a]
+                )
                 if a in axes
                 else (
                     shapes[index][a]
@@ -379,9 +382,16 @@ def checked_equal_shapes(tensors, name, message, axes=None):
                 )
                 for a in range(rank)
             ]
-            guarded.append(
-                tf.reshape(sliced, tf.stack(expected), name=f"{name}_size")
+            t = tf.reshape(sliced, tf.stack(requested), name=f"{name}_size")
+            # What every tensor has once checked, for shape inference (no
+            # op): the sizes any of them knows.
+            t.set_shape(
+                [
+                    known[a] if a in axes else static[index][a]
+                    for a in range(rank)
+                ]
             )
+            guarded.append(t)
     return guarded
 
 

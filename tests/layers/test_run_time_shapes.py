@@ -225,3 +225,53 @@ def test_mask_of_wrong_run_time_shape_errors(layer):
         ),
     ):
         compute_mask(x, np.array([[True]]))
+
+
+def mixed_model(layer):
+    """One input of static size 5x5, one of `None` sizes: the larger
+    run-time input must not be cut to the static one's size."""
+    a = keras.Input((5, 5, 4), name="a")
+    b = keras.Input((None, None, 4), name="b")
+    return keras.Model([a, b], layer([a, b]))
+
+
+@tensorflow_only(TF_RUN_TIME_SIZES)
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+def test_exported_sum_of_static_and_none_sizes_fails_on_mismatch(
+    export_format, tmp_path
+):
+    layer = FusionSelector("add")
+    path = check_export(
+        mixed_model(layer),
+        [(as_float32(VALID), expected_sum(layer, VALID))],
+        tmp_path,
+        1e-6,
+        export_format,
+    )
+    match = EXPORTED_SHAPES_DIFFER[export_format].format(
+        name="fusion_selector_inputs"
+    )
+    larger = [np.ones((1, 5, 5, 4), "float32"), np.ones((1, 6, 6, 4))]
+    with pytest.raises(RuntimeError, match=f"(?s){match}"):
+        serve_in_fresh_process(path, as_float32(larger), ["a", "b"])
+
+
+@tensorflow_only(TF_RUN_TIME_SIZES)
+def test_sum_of_static_and_none_sizes_keeps_the_static_sizes():
+    import tensorflow as tf
+
+    layer = WeightedAdd()
+    fuse = tf.function(
+        lambda a, b: layer([a, b]),
+        input_signature=[
+            tf.TensorSpec((None, 5, 5, 4)),
+            tf.TensorSpec((None, None, None, 4)),
+        ],
+    )
+    graph_output = fuse.get_concrete_function().structured_outputs
+    assert tuple(graph_output.shape) == (None, 5, 5, 4)
+    np.testing.assert_allclose(
+        fuse(*as_float32(VALID)), expected_sum(layer, VALID), rtol=1e-6
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="run-time"):
+        fuse(np.ones((1, 5, 5, 4), "float32"), np.ones((1, 6, 6, 4), "float32"))

@@ -326,7 +326,9 @@ def test_crop_to_smallest_with_unknown_sizes_needs_no_run_time_check():
     # holds no assertion that could never fail.
     import tensorflow as tf
 
-    spec = tf.TensorSpec((None, None, None, 3))
+    # A known batch size: batch sizes known only at run time are checked
+    # (they may differ), spatial sizes need no check.
+    spec = tf.TensorSpec((2, None, None, 3))
     crop = tf.function(
         lambda x, other: kf_ops.crop_to_smallest([x, other]),
         input_signature=[spec, spec],

@@ -275,7 +275,9 @@ def test_pad_to_largest_with_unknown_sizes_needs_no_run_time_check():
     # holds no assertion that could never fail.
     import tensorflow as tf
 
-    spec = tf.TensorSpec((None, None, None, 3))
+    # A known batch size: batch sizes known only at run time are checked
+    # (they may differ), spatial sizes need no check.
+    spec = tf.TensorSpec((2, None, None, 3))
     pad = tf.function(
         lambda x, other: kf_ops.pad_to_largest([x, other]),
         input_signature=[spec, spec],
