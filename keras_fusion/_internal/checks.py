@@ -375,13 +375,7 @@ def check_size_argument(value, name):
     Raises:
         TypeError: for a float, a bool, a string or another type.
     """
-    if is_static_size(value) or (
-        (isinstance(value, np.ndarray) or keras.ops.is_tensor(value))
-        and len(value.shape) == 0
-        and keras.backend.standardize_dtype(value.dtype).startswith(
-            ("int", "uint")
-        )
-    ):
+    if value is not None and _is_size_entry(value):
         return static_size(value)
     if _is_traced(value):
         return value

@@ -292,14 +292,21 @@ def _check(x, condition, message, fields, name):
 
 
 def _format(message, fields):
-    """`message.format(**fields)` as a string tensor."""
+    """`message.format(**fields)` as a string tensor. A field is a tuple,
+    printed as Python prints tuples, or a list of tuples."""
     import tensorflow as tf
 
     parts = []
     for literal, field, _, _ in string.Formatter().parse(message):
         parts.append(literal)
-        if field is not None:
-            parts.append(_tuple_text(fields[field]))
+        if field is None:
+            continue
+        value = fields[field]
+        if isinstance(value, list):
+            texts = [_tuple_text(v) for v in value]
+            parts += ["[", tf.strings.join(texts, ", "), "]"]
+        else:
+            parts.append(_tuple_text(value))
     return tf.strings.join(parts)
 
 
@@ -404,16 +411,15 @@ def _shapes_check(shapes, static, axes, message, name):
     equal = tf.reduce_all(
         tf.stack([tf.reduce_all(tf.equal(sizes[0], s)) for s in sizes[1:]])
     )
-
-    shape_texts = [
-        _tuple_text([s[a] if d is None else d for a, d in enumerate(known)])
+    run_time_shapes = [
+        tuple(s[a] if d is None else d for a, d in enumerate(known))
         for s, known in zip(shapes, static, strict=True)
     ]
-    before, after = message.split("{shapes}")
-    text = tf.strings.join(
-        [before, "[", tf.strings.join(shape_texts, ", "), "]", after]
+    return tf.debugging.Assert(
+        equal,
+        [_format(message, {"shapes": run_time_shapes})],
+        name=f"{name}_check",
     )
-    return tf.debugging.Assert(equal, [text], name=f"{name}_check")
 
 
 def _is_graph_tensor(x):

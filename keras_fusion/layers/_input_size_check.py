@@ -44,16 +44,19 @@ class InputSizeCheck(keras.layers.Layer):
         self.model_name = model_name
         self.data_format = standardize_data_format(data_format)
 
-    def call(self, inputs):
+    def build(self, input_shape):
+        # The smallest size of each axis of the input, None where any.
         rank = len(self.minimum_size) + 2
-        minimum = [None] * rank
+        self._minimum = [None] * rank
         for axis, size in zip(
             spatial_axes(rank, self.data_format), self.minimum_size, strict=True
         ):
-            minimum[axis] = size
+            self._minimum[axis] = size
+
+    def call(self, inputs):
         return checked_minimum_size(
             inputs,
-            minimum,
+            self._minimum,
             name="input_size_check",
             message=(
                 f"`{self.model_name}` needs inputs with spatial sizes of "

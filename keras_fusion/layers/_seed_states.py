@@ -15,18 +15,17 @@ version) loads as before, the seed states as built.
 _PREFIX = "seed_state_"
 
 
-def save_state(layer, store):
-    """`layer`'s own variables, as `keras.layers.Layer` saves them, and the
-    seed states of the layers it holds."""
-    own = layer._trainable_variables + layer._non_trainable_variables
-    for index, variable in enumerate(own):
-        store[f"{index}"] = variable
+def save_seed_states(layer, store):
+    """The seed states of the layers `layer` holds, beside the variables
+    `keras.layers.Layer.save_own_variables` stored."""
     for index, state in enumerate(_seed_states(layer)):
         store[f"{_PREFIX}{index}"] = state
 
 
 def load_state(layer, store):
-    """Assign what `save_state` stored back to `layer`."""
+    """Assign what `save_own_variables` and `save_seed_states` stored
+    back to `layer`: its own variables (checked as Keras checks them, the
+    seed states aside) and the seed states, where the file has them."""
     own = layer._trainable_variables + layer._non_trainable_variables
     keys = list(store.keys())
     saved_states = [k for k in keys if k.startswith(_PREFIX)]

@@ -15,7 +15,7 @@ from keras_fusion.backend.dense_block_spec import BatchNormSpec
 from keras_fusion.backend.dense_block_spec import DenseBlockSpec
 from keras_fusion.backend.dense_block_spec import DenseLayerSpec
 from keras_fusion.layers._seed_states import load_state
-from keras_fusion.layers._seed_states import save_state
+from keras_fusion.layers._seed_states import save_seed_states
 
 _POLICIES = {True: "full", "full": "full", "concat_bn": "concat_bn"}
 _CONV_CLASSES = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
@@ -235,7 +235,8 @@ class MemoryEfficientDenseBlock(keras.layers.Layer):
     def save_own_variables(self, store):
         # With the dropout seed states, which Keras leaves out (see
         # `_seed_states`): a training resumed from a backup draws on.
-        save_state(self, store)
+        super().save_own_variables(store)
+        save_seed_states(self, store)
 
     def load_own_variables(self, store):
         load_state(self, store)

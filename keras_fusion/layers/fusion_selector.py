@@ -25,7 +25,7 @@ from keras_fusion.ops.padding import pad_to_largest
 _MODES = ("add", "concat", "weighted_add")
 _ALIGNS = (None, "crop", "pad")
 _SHAPES_DIFFER = (
-    "The inputs to `FusionSelector` (mode={mode!r}, align={align!r}) should "
+    "The inputs to `FusionSelector` (mode='add', align={align!r}) should "
     "have the same batch size and, once projected and aligned, the same "
     "shape{remedy}. Received: inputs with run-time shapes (projected and "
     "aligned) {{shapes}}"
@@ -625,21 +625,21 @@ class FusionSelector(keras.layers.Layer):
     def _fuse(self, inputs):
         if self.mode == "concat":
             return ops.concatenate(inputs, axis=self._channel_axis)
-        # Sizes known only at run time are checked when the graph runs: the
-        # sum would broadcast an input of size 1.
-        inputs = checked_equal_shapes(
-            inputs,
-            "fusion_selector_inputs",
-            _SHAPES_DIFFER.format(
-                mode=self.mode,
-                align=self.align,
-                remedy=""
-                if self.align
-                else " (pass align='crop' or align='pad' to fuse feature "
-                "maps of different sizes)",
-            ),
-        )
         if self.mode == "add":
+            # Sizes known only at run time are checked when the graph runs:
+            # the sum would broadcast an input of size 1. (The weighted
+            # addition's sublayer checks its inputs itself.)
+            inputs = checked_equal_shapes(
+                inputs,
+                "fusion_selector_inputs",
+                _SHAPES_DIFFER.format(
+                    align=self.align,
+                    remedy=""
+                    if self.align
+                    else " (pass align='crop' or align='pad' to fuse feature "
+                    "maps of different sizes)",
+                ),
+            )
             output = inputs[0]
             for x in inputs[1:]:
                 output = ops.add(output, x)

@@ -4,7 +4,7 @@ import inspect
 import keras
 
 from keras_fusion.layers._seed_states import load_state
-from keras_fusion.layers._seed_states import save_state
+from keras_fusion.layers._seed_states import save_seed_states
 
 _NOT_PASSED = (
     inspect.Parameter.POSITIONAL_ONLY,
@@ -155,7 +155,8 @@ class Recompute(keras.layers.Wrapper):
     def save_own_variables(self, store):
         # With the block's dropout seed states, which Keras leaves out (see
         # `_seed_states`): a training resumed from a backup draws on.
-        save_state(self, store)
+        super().save_own_variables(store)
+        save_seed_states(self, store)
 
     def load_own_variables(self, store):
         load_state(self, store)

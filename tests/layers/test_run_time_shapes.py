@@ -28,7 +28,8 @@ ADDING_LAYERS = pytest.mark.parametrize(
     "make_layer, name",
     [
         (lambda: FusionSelector("add"), "fusion_selector_inputs"),
-        (lambda: FusionSelector("weighted_add"), "fusion_selector_inputs"),
+        # The weighted addition's sublayer checks its inputs.
+        (lambda: FusionSelector("weighted_add"), "weighted_add_inputs"),
         (WeightedAdd, "weighted_add_inputs"),
     ],
     ids=["add", "weighted_add", "WeightedAdd"],
