@@ -12,8 +12,8 @@ import numbers
 import keras
 import numpy as np
 
-from keras_fusion.backend.size_checks import refuse_torchscript_trace
-from keras_fusion.backend.size_checks import static_size
+from keras_fusion._internal.shapes import is_static_size
+from keras_fusion._internal.shapes import static_size
 
 _DATA_FORMATS = ("channels_last", "channels_first")
 _SPATIAL_RANKS = {3: "1D", 4: "2D", 5: "3D"}
@@ -234,10 +234,7 @@ def check_fusion_input_shapes(input_shapes, data_format, layer_name):
 
     Raises:
         ValueError: if the shapes are not such a list.
-        NotImplementedError: under a TorchScript trace (see
-            `refuse_torchscript_trace`).
     """
-    refuse_torchscript_trace(layer_name)
     if input_shapes is None or (
         isinstance(input_shapes, (list, tuple)) and not input_shapes
     ):
@@ -389,11 +386,6 @@ def _is_traced(value):
     """Whether `value` is a JAX tracer or a symbolic dimension, sizes that
     are ints once traced."""
     return type(value).__module__.startswith(("jax", "keras", "torch"))
-
-
-def is_static_size(value):
-    """Whether a size is a Python or NumPy int (known before run time)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_feature_map(x, name):

@@ -18,4 +18,34 @@
   op on a CPU, the `tf.distribute` replica sum).
 - `size_checks.py`: run-time size checks of the cropping and padding ops
   (TensorFlow graphs need an assertion op; why is said there).
+
+The kernels are chosen here, once, for the backend Keras runs on (as
+`keras/src/backend/__init__.py` chooses its backend): the layers call
+`recomputing_dense_block`, `recomputing_transition`, `recomputing_stem` and
+`recomputing_call` from this package and never ask which backend it is.
+The TensorFlow kernels are imported only on TensorFlow.
 """
+
+import keras
+
+if keras.backend.backend() == "tensorflow":
+    from keras_fusion.backend.tensorflow_dense_block import (
+        recomputing_dense_block,
+    )
+    from keras_fusion.backend.tensorflow_recompute import recomputing_call
+    from keras_fusion.backend.tensorflow_transition import recomputing_stem
+    from keras_fusion.backend.tensorflow_transition import (
+        recomputing_transition,
+    )
+else:
+    from keras_fusion.backend.remat_dense_block import recomputing_dense_block
+    from keras_fusion.backend.remat_recompute import recomputing_call
+    from keras_fusion.backend.remat_transition import recomputing_stem
+    from keras_fusion.backend.remat_transition import recomputing_transition
+
+__all__ = [
+    "recomputing_call",
+    "recomputing_dense_block",
+    "recomputing_stem",
+    "recomputing_transition",
+]

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_fusion import backend
 from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_feature_map_shape
 from keras_fusion._internal.checks import check_synchronized
@@ -127,12 +128,7 @@ def _recomputing_training_step(stem, inputs):
     """`stem`'s training step through a recomputing kernel, which receives
     the weights as tensors and returns the output and BatchNorm's batch
     statistics; the moving statistics are updated here, once."""
-    if keras.backend.backend() == "tensorflow":
-        # Imported here: the module needs TensorFlow.
-        from keras_fusion.backend import tensorflow_transition as kernel
-    else:
-        from keras_fusion.backend import remat_transition as kernel
-    outputs, (mean, variance) = kernel.recomputing_stem(
+    outputs, (mean, variance) = backend.recomputing_stem(
         # In the compute dtype, as the Keras BatchNormalization casts it
         # (also where `stateless_call` runs `call` without `__call__`).
         ops.cast(inputs, stem.compute_dtype),

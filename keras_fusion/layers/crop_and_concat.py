@@ -9,6 +9,7 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion._internal.checks import validate_axis_argument
 from keras_fusion._internal.masking import check_masks
 from keras_fusion._internal.masking import fuse_masks
+from keras_fusion._internal.shapes import refuse_torchscript_trace
 from keras_fusion.ops.cropping import crop_to_smallest
 
 
@@ -121,6 +122,7 @@ class CropAndConcat(keras.layers.Layer):
         )
 
     def call(self, inputs, mask=None):
+        refuse_torchscript_trace(self.__class__.__name__)
         name = self.__class__.__name__
         check_fusion_input_shapes(
             [tuple(x.shape) for x in inputs], self.data_format, name

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_fusion import backend
 from keras_fusion._internal.checks import channel_axis
 from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_bool
@@ -272,11 +273,6 @@ def _recomputing_training_step(block, inputs):
     the block as a `DenseBlockSpec` (weights, BatchNorm settings, dropout
     rates and seed generators; no Layer) and returns the output and the
     batch statistics; the moving statistics are updated here, once."""
-    if keras.backend.backend() == "tensorflow":
-        # Imported here: the module needs TensorFlow.
-        from keras_fusion.backend import tensorflow_dense_block as kernel
-    else:
-        from keras_fusion.backend import remat_dense_block as kernel
     compute_dtype = keras.backend.standardize_dtype(inputs.dtype)
     spec = DenseBlockSpec(
         layers=tuple(parts.spec(compute_dtype) for parts in block.dense_layers),
@@ -288,7 +284,7 @@ def _recomputing_training_step(block, inputs):
         data_format=block.data_format,
         return_new_features=block.return_new_features,
     )
-    outputs, statistics = kernel.recomputing_dense_block(spec, inputs)
+    outputs, statistics = backend.recomputing_dense_block(spec, inputs)
     batch_norms = [
         bn for parts in block.dense_layers for bn in parts.batch_norms()
     ]

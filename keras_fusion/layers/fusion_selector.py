@@ -17,6 +17,7 @@ from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion._internal.checks import validate_axis_argument
 from keras_fusion._internal.masking import check_masks
 from keras_fusion._internal.masking import fuse_masks
+from keras_fusion._internal.shapes import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import checked_equal_shapes
 from keras_fusion.layers.weighted_add import WeightedAdd
 from keras_fusion.ops.cropping import crop_to_smallest
@@ -379,6 +380,7 @@ class FusionSelector(keras.layers.Layer):
             ]
 
     def call(self, inputs, training=None, mask=None):
+        refuse_torchscript_trace(self.__class__.__name__)
         # The run-time shapes may know sizes that were None in build():
         # compute_output_shape holds the shape checks, run them on those.
         self.compute_output_shape([tuple(x.shape) for x in inputs])

@@ -3,6 +3,7 @@ import inspect
 
 import keras
 
+from keras_fusion import backend
 from keras_fusion.layers._seed_states import load_state
 from keras_fusion.layers._seed_states import save_seed_states
 
@@ -179,12 +180,6 @@ class Recompute(keras.layers.Wrapper):
         return cls(layer, **config)
 
     def _recomputing_call(self, inputs):
-        if keras.backend.backend() == "tensorflow":
-            # Imported here: the module needs TensorFlow.
-            from keras_fusion.backend import tensorflow_recompute as kernel
-        else:
-            from keras_fusion.backend import remat_recompute as kernel
-
         flat_inputs = keras.tree.flatten(inputs)
         is_float = [_is_float(x) for x in flat_inputs]
         float_inputs = [
@@ -234,7 +229,7 @@ class Recompute(keras.layers.Wrapper):
         # Copies of the starting non-trainable values: on TensorFlow and
         # PyTorch a variable's value is the variable itself, which the
         # assignment below changes before the backward pass reads them.
-        results, new_state = kernel.recomputing_call(
+        results, new_state = backend.recomputing_call(
             stateless_call,
             float_inputs + [_read(v) for v in trainable],
             other_inputs + [keras.ops.copy(_read(v)) for v in state],

@@ -3,6 +3,7 @@ import math
 import keras
 from keras import ops
 
+from keras_fusion import backend
 from keras_fusion._internal.checks import channel_axis
 from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_bool
@@ -197,15 +198,10 @@ def _recomputing_training_step(block, inputs):
     """`block`'s training step through a recomputing kernel, which receives
     the weights as tensors and returns the output and BatchNorm's batch
     statistics; the moving statistics are updated here, once."""
-    if keras.backend.backend() == "tensorflow":
-        # Imported here: the module needs TensorFlow.
-        from keras_fusion.backend import tensorflow_transition as kernel
-    else:
-        from keras_fusion.backend import remat_transition as kernel
     # In the compute dtype, as the Keras sublayers cast them (also where
     # `stateless_call` runs `call` without `__call__`'s cast).
     compute_dtype = block.compute_dtype
-    outputs, (mean, variance) = kernel.recomputing_transition(
+    outputs, (mean, variance) = backend.recomputing_transition(
         ops.cast(inputs, compute_dtype),
         block.bn.gamma.value,
         block.bn.beta.value,

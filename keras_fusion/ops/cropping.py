@@ -22,15 +22,15 @@ from keras_fusion._internal.checks import check_feature_map
 from keras_fusion._internal.checks import check_fusion_input_shapes
 from keras_fusion._internal.checks import check_size_argument
 from keras_fusion._internal.checks import check_spatial_size
-from keras_fusion._internal.checks import is_static_size
 from keras_fusion._internal.checks import smallest_spatial_shape
 from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion._internal.shapes import is_static_size
+from keras_fusion._internal.shapes import refuse_torchscript_trace
+from keras_fusion._internal.shapes import sliced_shape
 from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_equal_shapes
 from keras_fusion.backend.size_checks import checked_slice
-from keras_fusion.backend.size_checks import refuse_torchscript_trace
-from keras_fusion.backend.size_checks import sliced_shape
 from keras_fusion.backend.size_checks import with_static_shape
 
 _CROP_TOO_LARGE = (
@@ -212,6 +212,7 @@ def crop_to_smallest(tensors, data_format=None):
         )
     for index, t in enumerate(tensors):
         check_feature_map(t, f"tensors[{index}]")
+    refuse_torchscript_trace("crop_to_smallest")
     check_fusion_input_shapes(
         [tuple(t.shape) for t in tensors], data_format, "crop_to_smallest"
     )
@@ -369,6 +370,7 @@ def checked_batch_sizes(tensors, data_format, name):
     only when a TensorFlow graph runs, `checked_equal_shapes` on the batch
     axis. Shared with `keras_fusion.ops.padding`.
     """
+    refuse_torchscript_trace(name)
     check_fusion_input_shapes(
         [tuple(t.shape) for t in tensors], data_format, name
     )

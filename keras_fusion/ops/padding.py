@@ -20,14 +20,14 @@ from keras import ops
 from keras_fusion._internal.checks import check_feature_map
 from keras_fusion._internal.checks import check_fusion_input_shapes
 from keras_fusion._internal.checks import check_spatial_size
-from keras_fusion._internal.checks import is_static_size
 from keras_fusion._internal.checks import largest_spatial_shape
 from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
+from keras_fusion._internal.shapes import is_static_size
+from keras_fusion._internal.shapes import padded_shape
+from keras_fusion._internal.shapes import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_pad
-from keras_fusion.backend.size_checks import padded_shape
-from keras_fusion.backend.size_checks import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import with_static_shape
 from keras_fusion.ops.cropping import center_crop_offsets
 from keras_fusion.ops.cropping import checked_batch_sizes
@@ -126,6 +126,7 @@ def pad_to_largest(tensors, data_format=None):
         )
     for index, t in enumerate(tensors):
         check_feature_map(t, f"tensors[{index}]")
+    refuse_torchscript_trace("pad_to_largest")
     check_fusion_input_shapes(
         [tuple(t.shape) for t in tensors], data_format, "pad_to_largest"
     )
