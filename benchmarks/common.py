@@ -3,12 +3,12 @@
 Every configuration runs in a fresh Python process, so that one
 configuration's allocations and compiled graphs never count against
 another's. A worker measures one training step's allocator peak with
-`keras_fusion.profiling.measure_step` (`reset_memory_stats` /
+`keras_fusion._tools.profiling.measure_step` (`reset_memory_stats` /
 `get_memory_info(...)["peak"]`, minus the memory in use before the step)
 and the step times after warm-up. The process is started by
-`keras_fusion.profiling.measure_in_fresh_process`, which turns oneDNN on there:
-on a CPU only oneDNN's allocator keeps statistics (see
-`keras_fusion/profiling.py`).
+`keras_fusion._tools.profiling.measure_in_fresh_process`, which turns
+oneDNN on there: on a CPU only oneDNN's allocator keeps statistics (see
+`keras_fusion/_tools/profiling.py`).
 """
 
 import json
@@ -17,8 +17,8 @@ import platform
 import sys
 import time
 
-from keras_fusion.profiling import AllocatorStatsUnavailableError
-from keras_fusion.profiling import measure_in_fresh_process
+from keras_fusion._tools.profiling import AllocatorStatsUnavailableError
+from keras_fusion._tools.profiling import measure_in_fresh_process
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 

@@ -6,7 +6,7 @@
 Compares, at growth rate 12, 24 input channels, 32x32, batch 32:
 - `baseline`: the block as `keras.applications.densenet` wires it, plain
   Keras layers with a `Concatenate` per layer
-  (`benchmarks.reference_densenet.conv_block`);
+  (`keras_fusion._tools.reference_densenet.conv_block`);
 - `full`: `MemoryEfficientDenseBlock(recompute="full")`;
 - `concat_bn`: `MemoryEfficientDenseBlock(recompute="concat_bn")`.
 
@@ -20,9 +20,10 @@ drifts in machine speed hit all of them alike. Results go to
 another directory, for trial runs).
 
 The peak is read from TensorFlow's allocator statistics, in a process
-started by `keras_fusion.profiling.measure_in_fresh_process` with oneDNN on:
-on a CPU only oneDNN's allocator keeps them (`keras_fusion/profiling.py`
-says why); the table's header names the allocator measured.
+started by `keras_fusion._tools.profiling.measure_in_fresh_process` with
+oneDNN on: on a CPU only oneDNN's allocator keeps them
+(`keras_fusion/_tools/profiling.py` says why); the table's header names
+the allocator measured.
 """
 
 import argparse
@@ -34,7 +35,7 @@ from benchmarks.common import environment
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
-from keras_fusion.profiling import measure_step
+from keras_fusion._tools.profiling import measure_step
 
 IMPLEMENTATIONS = ("baseline", "full", "concat_bn")
 GROWTH_RATE = 12
@@ -46,7 +47,7 @@ BATCH = 32
 def keras_applications_block(x, num_layers, growth_rate):
     """The dense block exactly as keras.applications.densenet wires it: its
     `conv_block` per layer, each ending in a `Concatenate`."""
-    from benchmarks.reference_densenet import conv_block
+    from keras_fusion._tools.reference_densenet import conv_block
 
     for i in range(num_layers):
         x = conv_block(x, growth_rate, name=f"block{i + 1}")

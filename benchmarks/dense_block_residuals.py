@@ -13,7 +13,8 @@ gradients of `sum(block(x))` with respect to the weights and `x`, under
 
 - saved: the residuals JAX keeps from the forward pass for those gradients
   (`jax.ad_checkpoint.print_saved_residuals`, through
-  `benchmarks.residuals.saved_residuals`), their bytes summed, leaving out
+  `keras_fusion._tools.residuals.saved_residuals`), their bytes summed,
+  leaving out
   the function's arguments (weights and input), which exist anyway. This
   is what the traced program asks for, before XLA optimises it; exact.
 - XLA: `jax.jit(step).lower(...).compile().memory_analysis()`, XLA's static
@@ -64,7 +65,7 @@ def worker(implementation, num_layers, repeats):
     import jax
     import keras
 
-    from benchmarks.residuals import saved_residuals
+    from keras_fusion._tools.residuals import saved_residuals
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     block, x, output_bytes = dense_block_case(implementation, num_layers)

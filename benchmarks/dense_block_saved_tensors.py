@@ -12,7 +12,8 @@ respect to the weights and `x`, run eagerly as PyTorch runs a Keras
 training step. Each configuration runs in a fresh process and reports:
 
 - saved: the bytes the backward pass keeps from the forward pass
-  (`benchmarks.residuals.saved_residuals`): every storage autograd saves
+  (`keras_fusion._tools.residuals.saved_residuals`): every storage autograd
+  saves
   (`torch.autograd.graph.saved_tensors_hooks`, each storage once), the
   inputs `torch.utils.checkpoint` keeps for its recomputation and the
   generator state it keeps per checkpoint (5 KB on the CPU), leaving out
@@ -60,8 +61,8 @@ def worker(implementation, num_layers, repeats):
     import keras
     import torch
 
-    from benchmarks.residuals import GENERATOR_STATE
-    from benchmarks.residuals import saved_residuals
+    from keras_fusion._tools.residuals import GENERATOR_STATE
+    from keras_fusion._tools.residuals import saved_residuals
 
     assert keras.backend.backend() == "torch", keras.backend.backend()
 

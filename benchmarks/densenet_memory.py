@@ -4,7 +4,7 @@
         [--depths 121 169 201 264]
 
 `keras.applications.DenseNet121/169/201` and DenseNet-264 (blocks 6, 12,
-64, 48), all built by `benchmarks.reference_densenet.DenseNet`, the
+64, 48), all built by `keras_fusion._tools.reference_densenet.DenseNet`, the
 `keras.applications.densenet` code written with public layers, against
 `keras_fusion.models.DenseNet121/169/201/264(recompute="full")`, plus our
 DenseNet-121 with `recompute="concat_bn"`: 224x224x3 inputs, batch 8, 10
@@ -33,7 +33,7 @@ from benchmarks.common import fit_line
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
-from keras_fusion.profiling import measure_step
+from keras_fusion._tools.profiling import measure_step
 
 BLOCKS = {
     121: (6, 12, 24, 16),
@@ -48,7 +48,7 @@ CLASSES = 10
 
 def build(implementation, depth):
     if implementation == "keras.applications":
-        from benchmarks import reference_densenet
+        from keras_fusion._tools import reference_densenet
 
         return reference_densenet.DenseNet(
             list(BLOCKS[depth]),

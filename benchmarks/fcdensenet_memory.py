@@ -34,7 +34,7 @@ from benchmarks.common import fit_line
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
-from keras_fusion.profiling import measure_step
+from keras_fusion._tools.profiling import measure_step
 
 CLASSES = 11
 IMPLEMENTATIONS = ("plain", "recompute")

@@ -35,7 +35,7 @@ from benchmarks.common import environment
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
-from keras_fusion.profiling import measure_step
+from keras_fusion._tools.profiling import measure_step
 
 SIZE = 572
 BATCH = 1

@@ -27,8 +27,8 @@ import sys
 import time
 import warnings
 
-from keras_fusion.profiling import AllocatorStatsUnavailableError
-from keras_fusion.profiling import measure_in_fresh_process
+from keras_fusion._tools.profiling import AllocatorStatsUnavailableError
+from keras_fusion._tools.profiling import measure_in_fresh_process
 
 _INSTALL_HINT = (
     "The demo needs scikit-learn (its digits data set) and matplotlib; "
@@ -409,8 +409,8 @@ def memory_worker(depth, recompute, batch):
     import numpy as np
     import tensorflow as tf
 
+    from keras_fusion._tools.profiling import measure_step
     from keras_fusion.models import DenseNetBC
-    from keras_fusion.profiling import measure_step
 
     keras.utils.set_random_seed(0)
     model = DenseNetBC(
@@ -441,7 +441,7 @@ def memory_worker(depth, recompute, batch):
 def _export(model, images, output):
     import numpy as np
 
-    from keras_fusion._internal.serving import serve_in_fresh_process
+    from keras_fusion._tools.serving import serve_in_fresh_process
 
     # Calling the model also marks it called, which the ONNX exporter needs.
     expected = np.asarray(model(images, training=False))

@@ -45,7 +45,7 @@ import numpy as np
 import pytest
 
 from keras_fusion._internal.checks import spatial_axes
-from keras_fusion._internal.serving import serve_in_fresh_process
+from keras_fusion._tools.serving import serve_in_fresh_process
 from tests.backend_utils import to_numpy
 
 

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from keras_fusion import profiling as memory
-from keras_fusion.profiling import AllocatorStatsUnavailableError
-from keras_fusion.profiling import measure_in_fresh_process
+from keras_fusion._tools import profiling as memory
+from keras_fusion._tools.profiling import AllocatorStatsUnavailableError
+from keras_fusion._tools.profiling import measure_in_fresh_process
 from tests.backend_utils import TF_ALLOCATOR
 from tests.backend_utils import tensorflow_only
 
@@ -25,7 +25,7 @@ def block_training_step(recompute, device=None):
     import tensorflow as tf
 
     from keras_fusion import MemoryEfficientDenseBlock
-    from keras_fusion.profiling import measure_step
+    from keras_fusion._tools.profiling import measure_step
 
     with tf.device(device):
         block = MemoryEfficientDenseBlock(12, 12, recompute=recompute)
@@ -140,7 +140,7 @@ def test_worker_of_a_script_is_sent_as_its_source(tmp_path):
             """
             import os
 
-            from keras_fusion.profiling import measure_in_fresh_process
+            from keras_fusion._tools.profiling import measure_in_fresh_process
 
             def worker(a, b):
                 import os

@@ -1,4 +1,5 @@
-"""`benchmarks.reference_densenet` builds what `keras.applications` builds.
+"""`keras_fusion._tools.reference_densenet` builds what
+`keras.applications` builds.
 
 The tests and benchmarks compare keras_fusion against this plain Keras
 DenseNet, so it must be `keras.applications.densenet` layer for layer:
@@ -10,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from benchmarks import reference_densenet
+from keras_fusion._tools import reference_densenet
 from tests.backend_utils import to_numpy
 
 DENSENET121 = [6, 12, 24, 16]

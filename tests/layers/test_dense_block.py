@@ -129,7 +129,7 @@ def test_export(
 
 
 def test_plain_block_matches_keras_applications_wiring():
-    from benchmarks.reference_densenet import conv_block
+    from keras_fusion._tools.reference_densenet import conv_block
 
     inputs = keras.Input((8, 8, 16))
     x = inputs
@@ -401,7 +401,7 @@ KEEPS = pytest.mark.backends(
     ids=["full", "concat_bn", "concat_bn-no-bottleneck"],
 )
 def test_saves_fewer_residuals_and_linear_in_depth(policy, bottleneck):
-    from benchmarks.residuals import saved_residual_bytes
+    from keras_fusion._tools.residuals import saved_residual_bytes
 
     def residuals(recompute, num_layers):
         block = MemoryEfficientDenseBlock(
@@ -432,9 +432,9 @@ def test_full_keeps_only_the_new_features(num_layers, dropout_rate):
     # function), each layer's dropout mask, of the same size. JAX keeps
     # each layer's dropout seed (two uint32), PyTorch's checkpoint the
     # generator's state, once per layer.
-    from benchmarks.residuals import GENERATOR_STATE
-    from benchmarks.residuals import saved_activation_bytes
-    from benchmarks.residuals import saved_residuals
+    from keras_fusion._tools.residuals import GENERATOR_STATE
+    from keras_fusion._tools.residuals import saved_activation_bytes
+    from keras_fusion._tools.residuals import saved_residuals
 
     block = MemoryEfficientDenseBlock(
         num_layers, 6, dropout_rate=dropout_rate, recompute="full"

@@ -194,8 +194,8 @@ def test_backward_pass_recomputes_batch_norm_relu(monkeypatch):
     "tensors and checkpoint inputs",
 )
 def test_keeps_nothing_but_the_arguments():
-    from benchmarks.residuals import saved_activation_bytes
-    from benchmarks.residuals import saved_residual_bytes
+    from keras_fusion._tools.residuals import saved_activation_bytes
+    from keras_fusion._tools.residuals import saved_residual_bytes
 
     plain, ours = _pair((2, 8, 8, 6))
     x = make_inputs((2, 8, 8, 6))

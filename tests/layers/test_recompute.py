@@ -367,7 +367,7 @@ def test_backward_pass_runs_the_block_again():
     "tensors and checkpoint inputs",
 )
 def test_keeps_only_the_inputs_and_the_starting_state():
-    from benchmarks.residuals import saved_residuals
+    from keras_fusion._tools.residuals import saved_residuals
 
     plain, wrapped, input_shape = _pair("conv_bn_dropout")
     x = make_inputs(input_shape, seed=11)

@@ -19,7 +19,7 @@ import pytest
 from keras_fusion import CropAndConcat
 from keras_fusion import FusionSelector
 from keras_fusion import WeightedAdd
-from keras_fusion._internal.serving import serve_in_fresh_process
+from keras_fusion._tools.serving import serve_in_fresh_process
 from tests.backend_utils import TF_RUN_TIME_SIZES
 from tests.backend_utils import tensorflow_only
 from tests.layer_test_case import check_export

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from benchmarks.reference_densenet import transition_block
 from keras_fusion import TransitionBlock
+from keras_fusion._tools.reference_densenet import transition_block
 from tests.backend_utils import BACKEND
 from tests.backend_utils import TF_KERNEL
 from tests.backend_utils import compiled_models
@@ -343,8 +343,8 @@ def test_recompute_backward_pass_recomputes_batch_norm_relu(monkeypatch):
     "tensors and checkpoint inputs",
 )
 def test_recompute_keeps_nothing_but_the_arguments():
-    from benchmarks.residuals import saved_activation_bytes
-    from benchmarks.residuals import saved_residual_bytes
+    from keras_fusion._tools.residuals import saved_activation_bytes
+    from keras_fusion._tools.residuals import saved_residual_bytes
 
     x = make_inputs((2, 8, 8, 12))
     plain, ours = _pair(x.shape)

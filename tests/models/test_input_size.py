@@ -164,7 +164,7 @@ EXPORTED_TOO_SMALL = {
 @tensorflow_only(TF_RUN_TIME_SIZES)
 @pytest.mark.parametrize("export_format", sorted(EXPORTED_TOO_SMALL))
 def test_exported_model_refuses_a_small_input(export_format, tmp_path):
-    from keras_fusion._internal.serving import serve_in_fresh_process
+    from keras_fusion._tools.serving import serve_in_fresh_process
 
     model = DenseNetBC(depth=10, growth_rate=2, input_shape=(None, None, 3))
     valid = _images(4, 3)

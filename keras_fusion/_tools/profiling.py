@@ -21,7 +21,7 @@ notebook, which imports what it uses in its body:
         import tensorflow as tf
 
         from keras_fusion import MemoryEfficientDenseBlock
-        from keras_fusion.profiling import measure_step
+        from keras_fusion._tools.profiling import measure_step
 
         block = MemoryEfficientDenseBlock(12, 12, recompute=recompute)
         x = tf.random.normal((16, 32, 32, 24))
@@ -77,10 +77,10 @@ __all__ = [
 _ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 # Prefix of the line on which the measuring process reports its outcome;
 # the worker may print lines of its own.
-_OUTCOME = "keras_fusion.profiling outcome: "
+_OUTCOME = "keras_fusion._tools.profiling outcome: "
 _CHILD = (
     "import sys; sys.path[:0] = {path!r}; "
-    "from keras_fusion.profiling import _run_worker_from_stdin; "
+    "from keras_fusion._tools.profiling import _run_worker_from_stdin; "
     "_run_worker_from_stdin()"
 )
 
@@ -105,7 +105,7 @@ def measure_in_fresh_process(worker, *args, timeout=1800, env=None):
 
     Example:
 
-    >>> from keras_fusion.profiling import measure_in_fresh_process
+    >>> from keras_fusion._tools.profiling import measure_in_fresh_process
     >>> measure_in_fresh_process("os:getenv", "TF_ENABLE_ONEDNN_OPTS")
     '1'
 
@@ -312,6 +312,6 @@ def _unavailable_message(device):
     return (
         f"{what}: on a CPU only oneDNN's allocator keeps them, and oneDNN "
         f"is off in this process ({reason}); measure through "
-        "keras_fusion.profiling.measure_in_fresh_process, which turns it on "
-        "in a fresh process"
+        "keras_fusion._tools.profiling.measure_in_fresh_process, which "
+        "turns it on in a fresh process"
     )
