@@ -1,7 +1,7 @@
 """Keras 3 layers for feature fusion: crop-and-concat skip connections,
 add/concat/weighted-add fusion and memory-efficient DenseNet blocks."""
 
-from keras_fusion.cli import quiet_tensorflow_start_up as _quiet_start_up
+from keras_fusion._start_up import quiet_tensorflow_start_up as _quiet_start_up
 
 # Before Keras is imported: the `keras-fusion` command imports this package
 # first, and TensorFlow logs while it is imported (a no-op in other

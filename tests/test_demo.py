@@ -173,14 +173,15 @@ def test_memory_step_is_skipped_in_one_line_without_allocator_statistics(
     # Measuring processes with oneDNN off keep no CPU allocator statistics,
     # as on a TensorFlow build without oneDNN.
     monkeypatch.setattr(
-        demo,
+        demo.memory,
         "measure_in_fresh_process",
         functools.partial(
-            demo.measure_in_fresh_process, env={"TF_ENABLE_ONEDNN_OPTS": "0"}
+            demo.memory.measure_in_fresh_process,
+            env={"TF_ENABLE_ONEDNN_OPTS": "0"},
         ),
     )
     settings = {"densenet_depth": 16, "batch": 8}
-    assert demo._memory(settings) == []
+    assert demo.memory.measure(settings) == []
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1, printed
     assert printed[0].startswith("memory step skipped: TensorFlow keeps no")
