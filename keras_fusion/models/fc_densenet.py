@@ -29,25 +29,17 @@ from keras_fusion.models._inputs_and_heads import source_inputs
 from keras_fusion.models._inputs_and_heads import spatial_sizes
 from keras_fusion.models._recomputed_levels import recomputed_level
 
-# The paper's Table 2 and Section 4: dense layers per block (down path,
-# bottleneck, up path) and growth rate.
-_VARIANTS = {
-    "FCDenseNet56": ((4,) * 11, 12),
-    "FCDenseNet67": ((5,) * 11, 16),
-    "FCDenseNet103": ((4, 5, 7, 10, 12, 15, 12, 10, 7, 5, 4), 16),
-}
-
 
 def FCDenseNet(
     blocks,
     growth_rate=16,
     filters=48,
-    dropout_rate=0.2,
-    classes=11,
-    classifier_activation="softmax",
     input_tensor=None,
     input_shape=None,
+    classes=11,
+    classifier_activation="softmax",
     recompute=False,
+    dropout_rate=0.2,
     batch_norm_momentum=0.99,
     batch_norm_epsilon=1.001e-5,
     data_format=None,
@@ -119,22 +111,22 @@ def FCDenseNet(
         growth_rate: channels each dense layer adds (`k`; 16 in
             FC-DenseNet67 and 103, 12 in FC-DenseNet56).
         filters: the first 3x3 convolution's channels (48 in the paper).
-        dropout_rate: the rate of the dropout after each dense layer's
-            convolution and each transition down's; 0.2 in the paper, a
-            float in [0, 1).
-        classes: the number of classes: channels of the output (11 for
-            CamVid, as in the paper).
-        classifier_activation: the activation of the final 1x1
-            convolution; `None` gives logits.
         input_tensor: optional tensor to use as the model's input.
         input_shape: the input shape without the batch axis, channels where
             `data_format` puts them; spatial sizes may be `None`. Defaults
             to `input_tensor`'s shape if it is given, else to RGB images of
             any size: `(None, None, 3)`, or `(3, None, None)` with
             `"channels_first"`.
+        classes: the number of classes: channels of the output (11 for
+            CamVid, as in the paper).
+        classifier_activation: the activation of the final 1x1
+            convolution; `None` gives logits.
         recompute: whether the dense blocks and transitions down recompute
             their activations in the backward pass (see above); `True` or
             `False`.
+        dropout_rate: the rate of the dropout after each dense layer's
+            convolution and each transition down's; 0.2 in the paper, a
+            float in [0, 1).
         batch_norm_momentum: the momentum of every BatchNorm's moving
             statistics.
         batch_norm_epsilon: the epsilon of every BatchNorm.
@@ -331,15 +323,15 @@ _VARIANT_DOCSTRING = """{title} of Jégou et al. (2017), Table 2.
 
     Args:
         filters: the first 3x3 convolution's channels (48 in the paper).
-        dropout_rate: the rate of every dropout (0.2 in the paper).
-        classes: the number of classes: channels of the output.
-        classifier_activation: the final 1x1 convolution's activation;
-            `None` gives logits.
         input_tensor: optional tensor to use as the model's input.
         input_shape: the input shape without the batch axis; spatial sizes
             may be `None` (the default: RGB of any size at least 32).
+        classes: the number of classes: channels of the output.
+        classifier_activation: the final 1x1 convolution's activation;
+            `None` gives logits.
         recompute: whether the model recomputes activations in the
             backward pass instead of keeping them (the same results).
+        dropout_rate: the rate of every dropout (0.2 in the paper).
         batch_norm_momentum: the momentum of every BatchNorm.
         batch_norm_epsilon: the epsilon of every BatchNorm.
         data_format: `"channels_last"` or `"channels_first"`.
@@ -357,58 +349,124 @@ _VARIANT_DOCSTRING = """{title} of Jégou et al. (2017), Table 2.
     """
 
 
-def _variant(variant, title, parameters):
-    blocks, growth_rate = _VARIANTS[variant]
-    default_name = variant.lower().replace("fcdensenet", "fc_densenet")
-
-    def builder(
-        filters=48,
-        dropout_rate=0.2,
-        classes=11,
-        classifier_activation="softmax",
-        input_tensor=None,
-        input_shape=None,
-        recompute=False,
-        batch_norm_momentum=0.99,
-        batch_norm_epsilon=1.001e-5,
-        data_format=None,
-        synchronized=False,
-        name=default_name,
-    ):
-        return FCDenseNet(
-            blocks,
-            growth_rate=growth_rate,
-            filters=filters,
-            dropout_rate=dropout_rate,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            recompute=recompute,
-            batch_norm_momentum=batch_norm_momentum,
-            batch_norm_epsilon=batch_norm_epsilon,
-            data_format=data_format,
-            synchronized=synchronized,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = variant
-    builder.__doc__ = _VARIANT_DOCSTRING.format(
-        title=title,
-        variant=variant,
-        blocks=blocks,
-        growth_rate=growth_rate,
-        pools=len(blocks) // 2,
-        parameters=parameters,
+def FCDenseNet56(
+    filters=48,
+    input_tensor=None,
+    input_shape=None,
+    classes=11,
+    classifier_activation="softmax",
+    recompute=False,
+    dropout_rate=0.2,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
+    name="fc_densenet56",
+):
+    return FCDenseNet(
+        (4,) * 11,
+        growth_rate=12,
+        filters=filters,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        recompute=recompute,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        name=name,
     )
-    return builder
 
 
-FCDenseNet56 = _variant(
-    "FCDenseNet56",
-    "FC-DenseNet56",
-    "1,396,187 (1.4M; the paper\n    reports 1.5M, but the "
+def FCDenseNet67(
+    filters=48,
+    input_tensor=None,
+    input_shape=None,
+    classes=11,
+    classifier_activation="softmax",
+    recompute=False,
+    dropout_rate=0.2,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
+    name="fc_densenet67",
+):
+    return FCDenseNet(
+        (5,) * 11,
+        growth_rate=16,
+        filters=filters,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        recompute=recompute,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+def FCDenseNet103(
+    filters=48,
+    input_tensor=None,
+    input_shape=None,
+    classes=11,
+    classifier_activation="softmax",
+    recompute=False,
+    dropout_rate=0.2,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
+    name="fc_densenet103",
+):
+    return FCDenseNet(
+        (4, 5, 7, 10, 12, 15, 12, 10, 7, 5, 4),
+        growth_rate=16,
+        filters=filters,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        recompute=recompute,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+FCDenseNet56.__doc__ = _VARIANT_DOCSTRING.format(
+    title="FC-DenseNet56",
+    variant="FCDenseNet56",
+    blocks=(4,) * 11,
+    growth_rate=12,
+    pools=5,
+    parameters="1,396,187 (1.4M; the paper\n    reports 1.5M, but the "
     "architecture of its Table 2 has 1.4M\n    however counted)",
 )
-FCDenseNet67 = _variant("FCDenseNet67", "FC-DenseNet67", "3,500,155 (3.5M)")
-FCDenseNet103 = _variant("FCDenseNet103", "FC-DenseNet103", "9,421,147 (9.4M)")
+FCDenseNet67.__doc__ = _VARIANT_DOCSTRING.format(
+    title="FC-DenseNet67",
+    variant="FCDenseNet67",
+    blocks=(5,) * 11,
+    growth_rate=16,
+    pools=5,
+    parameters="3,500,155 (3.5M)",
+)
+FCDenseNet103.__doc__ = _VARIANT_DOCSTRING.format(
+    title="FC-DenseNet103",
+    variant="FCDenseNet103",
+    blocks=(4, 5, 7, 10, 12, 15, 12, 10, 7, 5, 4),
+    growth_rate=16,
+    pools=5,
+    parameters="9,421,147 (9.4M)",
+)

@@ -8,9 +8,11 @@ Reference:
 import keras
 
 from keras_fusion._internal.checks import channel_axis
+from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
+from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.models._inputs_and_heads import check_input_size
@@ -79,16 +81,19 @@ def unet_level_sizes(size, num_levels=4):
 
 
 def UNet(
-    input_shape=None,
-    classes=2,
     num_levels=4,
     filters=64,
-    classifier_activation=None,
     batch_norm=False,
-    dropout_rate=0.0,
-    recompute=False,
-    data_format=None,
     input_tensor=None,
+    input_shape=None,
+    classes=2,
+    classifier_activation=None,
+    recompute=False,
+    dropout_rate=0.0,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
     name="unet",
 ):
     """The original U-Net with valid convolutions and cropped skips.
@@ -127,31 +132,40 @@ def UNet(
     ['encoder0_recompute', 'encoder0_pool', 'encoder1_recompute']
 
     Args:
+        num_levels: the number of pooling (and up-convolution) steps, the
+            U-Net's depth; 4 in the paper. (Not `depth`, which is
+            `DenseNetBC`'s number of layers.)
+        filters: the first level's convolution width, doubled at each level
+            below it; 64 in the paper, smaller for fast experiments.
+        batch_norm: whether each 3x3 convolution (then without a bias) is
+            followed by a `keras.layers.BatchNormalization` (with
+            `batch_norm_momentum`, `batch_norm_epsilon` and
+            `synchronized`) before its ReLU. `False` (the default) gives
+            the paper's convolutions with bias and ReLU.
+        input_tensor: optional tensor to use as the model's input.
         input_shape: the input shape without the batch axis, channels where
             `data_format` puts them; spatial sizes may be `None`. Defaults
             to `input_tensor`'s shape if it is given, else to the paper's
             one-channel 572x572 image: `(572, 572, 1)`, or `(1, 572, 572)`
             with `"channels_first"`.
         classes: the number of classes: channels of the output.
-        num_levels: the number of pooling (and up-convolution) steps, the
-            U-Net's depth; 4 in the paper. (Not `depth`, which is
-            `DenseNetBC`'s number of layers.)
-        filters: the first level's convolution width, doubled at each level
-            below it; 64 in the paper, smaller for fast experiments.
         classifier_activation: the activation of the final 1x1 convolution;
             `None` (the default) gives logits.
-        batch_norm: whether each 3x3 convolution (then without a bias) is
-            followed by a `keras.layers.BatchNormalization`, with Keras's
-            default momentum and epsilon, before its ReLU. `False` (the
-            default) gives the paper's convolutions with bias and ReLU.
+        recompute: whether each level recomputes its forward pass in the
+            backward pass instead of keeping its activations (see above).
         dropout_rate: the rate of a dropout after the bottleneck's second
             convolution, the end of the contracting path, as in the paper;
             a float in [0, 1). `0.0` (the default) adds no dropout layer.
-        recompute: whether each level recomputes its forward pass in the
-            backward pass instead of keeping its activations (see above).
+        batch_norm_momentum: the momentum of every BatchNorm's moving
+            statistics (with `batch_norm=True`).
+        batch_norm_epsilon: the epsilon of every BatchNorm (with
+            `batch_norm=True`); the library's default, `keras.applications`'
+            DenseNet value, not Keras's layer default 1e-3.
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
-        input_tensor: optional tensor to use as the model's input.
+        synchronized: BatchNorm statistics over all replicas of a
+            `tf.distribute` strategy (TensorFlow backend; with
+            `batch_norm=True`).
         name: the model's name.
 
     Input shape:
@@ -193,6 +207,10 @@ def UNet(
         dropout_rate, "dropout_rate", "a float in [0, 1)", lambda v: 0 <= v < 1
     )
     recompute = check_bool(recompute, "recompute")
+    batch_norm_momentum, batch_norm_epsilon = check_batch_norm_arguments(
+        batch_norm_momentum, batch_norm_epsilon
+    )
+    synchronized = check_synchronized(synchronized)
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     input_shape = image_input_shape(input_shape, (572, 572, 1), data_format)
@@ -221,7 +239,11 @@ def UNet(
         if not batch_norm:
             return x
         x = keras.layers.BatchNormalization(
-            axis=channel_axis(4, data_format), name=f"{prefix}_bn{k}"
+            axis=channel_axis(4, data_format),
+            momentum=batch_norm_momentum,
+            epsilon=batch_norm_epsilon,
+            synchronized=synchronized,
+            name=f"{prefix}_bn{k}",
         )(x)
         return keras.layers.ReLU(name=f"{prefix}_relu{k}")(x)
 

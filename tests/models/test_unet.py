@@ -250,6 +250,52 @@ def test_unet_batch_norm_follows_each_convolution_with_bn_and_relu():
     _fit_one_step(model)
 
 
+def test_unet_batch_norm_takes_the_librarys_batch_norm_settings():
+    # The library's defaults (keras.applications' DenseNet values, as in
+    # every other builder), not Keras's layer defaults (0.99, 1e-3).
+    default = UNet(**SMALL, batch_norm=True)
+    tuned = UNet(
+        **SMALL,
+        batch_norm=True,
+        batch_norm_momentum=0.9,
+        batch_norm_epsilon=1e-4,
+    )
+    for model, momentum, epsilon in (
+        (default, 0.99, 1.001e-5),
+        (tuned, 0.9, 1e-4),
+    ):
+        batch_norms = _layers_of_type(model, keras.layers.BatchNormalization)
+        assert len(batch_norms) == 2 * len(SMALL_LEVELS)
+        for bn in batch_norms:
+            assert (bn.momentum, bn.epsilon) == (momentum, epsilon)
+            assert bn.synchronized is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            {"batch_norm_momentum": 1.5},
+            ValueError,
+            r"`batch_norm_momentum` should be a float in \[0, 1\]",
+        ),
+        (
+            {"batch_norm_epsilon": 0.0},
+            ValueError,
+            "`batch_norm_epsilon` should be a positive, finite float",
+        ),
+        (
+            {"synchronized": "yes"},
+            TypeError,
+            "`synchronized` should be a bool.*synchronized='yes'",
+        ),
+    ],
+)
+def test_unet_errors_if_a_batch_norm_setting_is_invalid(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        UNet(**SMALL, batch_norm=True, **kwargs)
+
+
 def test_unet_without_batch_norm_keeps_the_papers_convolutions():
     model = UNet(**SMALL)
     assert not _layers_of_type(model, keras.layers.BatchNormalization)
