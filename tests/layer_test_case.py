@@ -67,6 +67,7 @@ def run_layer_test(
     expected_num_non_trainable_weights,
     expected_output_shape=None,
     run_mixed_precision=True,
+    float16_kernels_missing=None,
     run_jit_compile=True,
     atol=1e-6,
 ):
@@ -84,6 +85,9 @@ def run_layer_test(
             weights (BatchNorm moving statistics) of the built layer.
         expected_output_shape: if given, the eager output shape.
         run_mixed_precision: run the `mixed_float16` check (5).
+        float16_kernels_missing: why the `mixed_float16` check cannot run
+            here (`missing_float16_kernels`): the other checks run, then
+            the test is skipped with this reason.
         run_jit_compile: run the XLA check (6).
         atol: tolerance of the XLA comparison.
     """
@@ -117,11 +121,18 @@ def run_layer_test(
 
     _check_keras_file(model, data, reference, tmp_path)
     _check_fit(model, data, reference)
-    if run_mixed_precision:
+    skip_mixed_precision = float16_kernels_missing is not None
+    if run_mixed_precision and not skip_mixed_precision:
         _check_mixed_precision(layer_cls, init_kwargs, input_shape, data)
     if run_jit_compile:
         _check_jit_compile(
             layer_cls, init_kwargs, input_shape, data_format, data, atol
+        )
+    if run_mixed_precision and skip_mixed_precision:
+        pytest.skip(
+            "every check passed but the mixed_float16 one, which needs "
+            f"float16 kernels that plain Keras layers lack here too: "
+            f"{float16_kernels_missing}"
         )
 
 
@@ -318,13 +329,14 @@ def skip_unless_channels_first_convolution_runs(rank=4):
         )
 
 
-def float16_kernels_run(rank, data_format, pooling=False):
-    """Whether plain Keras convolutions (and average pooling) of this rank
-    and data format run in `mixed_float16` on this machine.
+def missing_float16_kernels(rank, data_format, pooling=False):
+    """Why plain Keras convolutions (and average pooling) of this rank and
+    data format cannot run in `mixed_float16` here, or `None` if they run.
 
-    TensorFlow's CPU kernels have no float16 NCHW convolution and no
-    float16 AvgPool3D, so the mixed-precision check of such configurations
-    is skipped there: plain Keras layers fail the same way.
+    TensorFlow's CPU kernels have no float16 AvgPool3D (and, without
+    oneDNN, no NCHW convolution); PyTorch's CPU kernels no float16
+    `avg_pool3d`. Only such a "no kernel" error is a reason; any other
+    error is raised.
     """
     dims = rank - 2
     layers = [getattr(keras.layers, f"Conv{dims}D")]
@@ -335,16 +347,55 @@ def float16_kernels_run(rank, data_format, pooling=False):
         if data_format == "channels_first"
         else (1, *[2] * dims, 2)
     )
-    try:
-        for layer_cls in layers:
-            args = (1, 1) if "Conv" in layer_cls.__name__ else (1,)
-            layer = layer_cls(
-                *args, data_format=data_format, dtype="mixed_float16"
-            )
+    for layer_cls in layers:
+        args = (1, 1) if "Conv" in layer_cls.__name__ else (1,)
+        layer = layer_cls(*args, data_format=data_format, dtype="mixed_float16")
+        try:
             keras.ops.convert_to_numpy(layer(np.zeros(shape, "float32")))
-    except Exception:  # noqa: BLE001 - any backend's "no such kernel"
-        return False
-    return True
+        except Exception as error:  # noqa: BLE001 - re-raised unless matched
+            reason = _missing_kernel(error)
+            if reason is None:
+                raise
+            return f"{layer_cls.__name__}({data_format}): {reason}"
+    return None
+
+
+def _missing_kernel(error):
+    """The backend's sentence if `error` says it has no kernel for the op
+    and dtype, else `None`."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        kinds = {
+            tf.errors.NotFoundError: "Could not find device for node",
+            tf.errors.UnimplementedError: "only supports the NHWC tensor",
+        }
+    elif backend == "torch":
+        kinds = {
+            NotImplementedError: "not implemented for 'Half'",
+            RuntimeError: "not implemented for 'Half'",
+        }
+    else:
+        kinds = {}
+    text = re.sub(r"\x1b\[\d*m|\{\{[^}]*\}\}|\[Op:\w+\]", "", str(error))
+    for kind, fragment in kinds.items():
+        if isinstance(error, kind) and fragment in text:
+            return next(
+                line.strip() for line in text.splitlines() if fragment in line
+            )
+    return None
+
+
+def skip_unless_float16_kernels_run(rank, data_format, pooling=False):
+    """Skip the calling test where the backend has no float16 kernel for
+    plain Keras layers of this configuration (`missing_float16_kernels`)."""
+    reason = missing_float16_kernels(rank, data_format, pooling)
+    if reason is not None:
+        pytest.skip(
+            f"needs {keras.backend.backend()}'s float16 kernels, which plain "
+            f"Keras layers lack here too: {reason}"
+        )
 
 
 def _construct(layer_cls, init_kwargs):

@@ -1,10 +1,13 @@
 """`keras-fusion demo`, end to end (`--quick`), and its errors."""
 
+import contextlib
 import functools
 import os
+import pwd
 import re
 import subprocess
 import sys
+import tempfile
 
 import keras
 import pytest
@@ -150,19 +153,28 @@ def test_command_respects_the_users_tensorflow_log_level():
     assert re.search(r"^[IWEF]\d{4} ", result.stderr, re.M), result.stderr
 
 
-def test_importing_keras_fusion_leaves_tensorflow_logging_alone():
-    code = (
-        "import os, keras_fusion; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
-    )
+def _log_level_after_importing(module, variables):
+    code = f"import os, {module}; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=300,
-        env=_environment(),
+        env=_environment(**variables),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-1] != "3"
+    return result.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("level", [None, "1"], ids=["unset", "set"])
+def test_importing_keras_fusion_leaves_tensorflow_logging_alone(level):
+    variables = {} if level is None else {"TF_CPP_MIN_LOG_LEVEL": level}
+    ours = _log_level_after_importing("keras_fusion", variables)
+    # The reference is Keras alone: TensorFlow's own library sets the
+    # variable to 1 when it is unset, at its import.
+    assert ours == _log_level_after_importing("keras", variables)
+    if level is not None:
+        assert ours == level
 
 
 @tensorflow_only(TF_ALLOCATOR)
@@ -203,12 +215,34 @@ def test_demo_errors_if_output_is_a_file(tmp_path):
     assert "which is a file" in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_demo_errors_if_output_is_not_writable(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    with pytest.raises(ValueError, match="writable directory.*locked"):
-        demo.check_output_dir(str(locked))
+@contextlib.contextmanager
+def _unprivileged():
+    """This user, or `nobody` when the tests run as root (as in CI), which
+    can write any directory: real and effective IDs, which `os.access`
+    reads, with root's kept as the saved IDs to return to."""
+    if os.geteuid() != 0:
+        yield
+        return
+    nobody = pwd.getpwnam("nobody")
+    os.setresgid(nobody.pw_gid, nobody.pw_gid, 0)
+    os.setresuid(nobody.pw_uid, nobody.pw_uid, 0)
+    try:
+        yield
+    finally:
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+
+
+def test_demo_errors_if_output_is_not_writable():
+    # Outside pytest's temporary directories, which only their owner can
+    # enter: `nobody` must reach the directory to find it unwritable.
+    with tempfile.TemporaryDirectory() as parent:
+        os.chmod(parent, 0o755)
+        locked = os.path.join(parent, "locked")
+        os.mkdir(locked, 0o555)
+        with _unprivileged():
+            with pytest.raises(ValueError, match="writable directory.*locked"):
+                demo.check_output_dir(locked)
 
 
 def test_demo_errors_if_output_cannot_be_created(tmp_path):

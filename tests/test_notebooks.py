@@ -232,14 +232,19 @@ TENSORFLOW_NOTEBOOKS = {
 def test_notebook_runs_and_reproduces_the_seeds(name, tmp_path):
     notebook = _read(name)
     files_before = sorted(os.listdir(NOTEBOOKS_DIR))
+    km = _kernel_manager(str(tmp_path))
     client = NotebookClient(
         notebook,
-        km=_kernel_manager(str(tmp_path)),
+        km=km,
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": NOTEBOOKS_DIR}},
+        shutdown_kernel="immediate",
     )
     # Raises CellExecutionError, with the cell and its traceback, on the
-    # first cell that raises.
-    client.execute()
+    # first cell that raises. A client given its kernel manager leaves the
+    # kernel running (and its memory held) unless told to clean up, which
+    # it then does whether the notebook ran or not.
+    client.execute(cleanup_kc=True)
+    assert not km.has_kernel
     _assert_seed_outputs(name, notebook)
     assert sorted(os.listdir(NOTEBOOKS_DIR)) == files_before

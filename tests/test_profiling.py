@@ -47,28 +47,15 @@ def failing_worker():
     raise ValueError("the worker's own error")
 
 
-def _training_peak(recompute, device=None):
-    try:
-        result = measure_in_fresh_process(
-            block_training_step, recompute, device
-        )
-    except AllocatorStatsUnavailableError as error:
-        if "build has no oneDNN" in str(error):
-            pytest.skip(str(error))
-        raise
-    assert result["peak_bytes"] > 0
-    return result
-
-
-@tensorflow_only(TF_ALLOCATOR)
-@pytest.mark.slow
-def test_recomputation_keeps_training_memory_down():
-    # A guard against the saving silently regressing (as torchvision's did,
-    # pytorch/vision#2221), not the benchmark: at 12 layers the plain block
-    # needs well over twice the memory of the recomputing ones.
-    plain = _training_peak(False)["peak_bytes"]
-    assert _training_peak("full")["peak_bytes"] < 0.4 * plain
-    assert _training_peak("concat_bn")["peak_bytes"] < 0.5 * plain
+# What `measure_step` returns, as its docstring lists it.
+RESULT_KEYS = {
+    "peak_bytes",
+    "step_seconds",
+    "step_times",
+    "device",
+    "allocator",
+    "onednn",
+}
 
 
 @tensorflow_only(TF_ALLOCATOR)
@@ -77,10 +64,77 @@ def test_measures_with_onednn_when_the_caller_turned_it_off(monkeypatch):
     # As on a CPU without AVX-512, where TensorFlow keeps oneDNN, and with
     # it the CPU allocator's statistics, off.
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    result = _training_peak("full", "CPU:0")
+    try:
+        result = measure_in_fresh_process(block_training_step, "full", "CPU:0")
+    except AllocatorStatsUnavailableError as error:
+        if "build has no oneDNN" in str(error):
+            pytest.skip(str(error))
+        raise
+    assert set(result) == RESULT_KEYS
+    assert isinstance(result["peak_bytes"], int)
     assert result["device"] == "CPU:0"
     assert result["onednn"] is True
     assert result["allocator"] == "oneDNN CPU allocator"
+    assert result["step_seconds"] is None and result["step_times"] == []
+
+
+@tensorflow_only(TF_ALLOCATOR)
+@pytest.mark.parametrize("repeats", [0, 3])
+def test_measure_step_returns_the_peak_above_what_was_held_before(
+    repeats, monkeypatch
+):
+    # An allocator holding 1000 bytes, whose peak the first step raises by
+    # 4096 bytes and each further step by 4096 more.
+    import tensorflow as tf
+
+    stats = {"current": 1000, "peak": 1000}
+    calls = []
+
+    def get_memory_info(device):
+        assert device == "CPU:0"
+        return dict(stats)
+
+    def reset_memory_stats(device):
+        assert device == "CPU:0"
+        stats["peak"] = stats["current"]
+
+    def step():
+        calls.append(None)
+        stats["peak"] = max(stats["peak"], 1000 + 4096 * len(calls))
+
+    monkeypatch.setattr(
+        tf.config.experimental, "get_memory_info", get_memory_info
+    )
+    monkeypatch.setattr(
+        tf.config.experimental, "reset_memory_stats", reset_memory_stats
+    )
+    monkeypatch.setattr(memory, "_onednn_enabled", lambda: True)
+    result = memory.measure_step(step, repeats=repeats, device="CPU:0")
+    assert set(result) == RESULT_KEYS
+    # One measured step, then the timed ones; only the first is measured.
+    assert len(calls) == 1 + repeats
+    assert result["peak_bytes"] == 4096
+    assert len(result["step_times"]) == repeats
+    if repeats:
+        assert result["step_seconds"] == sorted(result["step_times"])[1]
+    else:
+        assert result["step_seconds"] is None
+    assert result["device"] == "CPU:0"
+    assert result["allocator"] == "oneDNN CPU allocator"
+    assert result["onednn"] is True
+
+
+@pytest.mark.slow
+def test_worker_runs_in_a_fresh_process_with_the_given_environment():
+    assert measure_in_fresh_process("os:getpid") != os.getpid()
+    # TF_ENABLE_ONEDNN_OPTS=1 over this environment's, `env` over both.
+    assert measure_in_fresh_process("os:getenv", "TF_ENABLE_ONEDNN_OPTS") == "1"
+    assert (
+        measure_in_fresh_process(
+            "os:getenv", "NOT_SET_HERE", env={"NOT_SET_HERE": "given"}
+        )
+        == "given"
+    )
 
 
 @tensorflow_only(TF_ALLOCATOR)

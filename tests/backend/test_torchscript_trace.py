@@ -9,6 +9,8 @@ import pytest
 
 from keras_fusion import CropAndConcat
 from keras_fusion import FusionSelector
+from keras_fusion import MemoryEfficientDenseBlock
+from keras_fusion import TransitionBlock
 from keras_fusion import WeightedAdd
 from keras_fusion.ops import center_crop
 from keras_fusion.ops import center_pad
@@ -80,20 +82,28 @@ def test_trace_is_refused_with_what_to_do(case):
     assert "KERAS_BACKEND=tensorflow or jax" in message
 
 
-def test_tracing_a_layer_without_crops_still_works():
-    # What does not crop or compare sizes traces, and the trace computes
-    # what the model does (here at another size than the sample's).
+@pytest.mark.parametrize(
+    "make_layer",
+    [
+        lambda: MemoryEfficientDenseBlock(2, 4, recompute=False, seed=1),
+        lambda: MemoryEfficientDenseBlock(2, 4, recompute="full", seed=1),
+        lambda: TransitionBlock(0.5),
+    ],
+    ids=["dense_block", "dense_block_recompute", "transition_block"],
+)
+def test_tracing_a_layer_without_crops_still_works(make_layer):
+    # Our layers that neither crop, pad nor compare sizes trace, and the
+    # trace computes what the model does at another size than the sample's
+    # (a trace that kept the sample's sizes gives another shape).
     import torch
 
     x = keras.Input((None, None, 3))
-    model = keras.Model(x, keras.layers.Conv2D(2, 1)(x))
+    model = keras.Model(x, make_layer()(x))
     sample = torch.tensor(np.ones((1, 4, 4, 3), "float32"))
     traced = torch.jit.trace(model, (sample,))
     other = np.random.default_rng(0).standard_normal((2, 6, 6, 3))
     other = torch.tensor(other.astype("float32"))
+    expected = model(other).detach().numpy()
     np.testing.assert_allclose(
-        traced(other).detach().numpy(),
-        model(other).detach().numpy(),
-        rtol=0,
-        atol=1e-6,
+        traced(other).detach().numpy(), expected, rtol=0, atol=1e-6
     )

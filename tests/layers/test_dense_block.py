@@ -1,4 +1,8 @@
 import json
+import os
+import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -16,8 +20,8 @@ from tests.backend_utils import value_and_grads
 from tests.backend_utils import weighted_loss
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
-from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
+from tests.layer_test_case import missing_float16_kernels
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
@@ -106,7 +110,9 @@ def test_layer_checks(recompute, input_shape, kwargs, num_weights, tmp_path):
         expected_num_trainable_weights=num_weights[0],
         expected_num_non_trainable_weights=num_weights[1],
         atol=1e-5,
-        run_mixed_precision=float16_kernels_run(len(input_shape), data_format),
+        float16_kernels_missing=missing_float16_kernels(
+            len(input_shape), data_format
+        ),
     )
 
 
@@ -161,6 +167,28 @@ def _to_channels_first(x):
     return np.moveaxis(x, -1, 1)
 
 
+def _run_with_jax_x64(request):
+    """Run the calling test in a fresh pytest process with JAX_ENABLE_X64=1
+    on the JAX backend; fail unless it ran and passed."""
+    # Already that process: JAX ignored the variable; fail, not recurse.
+    assert os.environ.get("JAX_ENABLE_X64") != "1", "x64 is off in JAX"
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PYTEST_")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", request.node.nodeid, "-q"],
+        cwd=request.config.rootpath,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"\b1 passed\b", result.stdout), result.stdout[-3000:]
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize(
     "input_shape, data_format, dtype, rtol",
@@ -172,13 +200,17 @@ def _to_channels_first(x):
     ids=["channels_last", "channels_first", "float64"],
 )
 def test_outputs_and_gradients_equal_the_plain_block(
-    policy, input_shape, data_format, dtype, rtol
+    policy, input_shape, data_format, dtype, rtol, request
 ):
     if dtype == "float64" and BACKEND == "jax":
         import jax
 
         if not jax.config.jax_enable_x64:
-            pytest.skip("JAX computes in float32 unless jax_enable_x64 is set")
+            # JAX computes in float32 unless x64 is on, which it reads
+            # before it computes anything: this case runs again in a
+            # fresh process that turns it on.
+            _run_with_jax_x64(request)
+            return
     plain, ours = _pair(
         policy, input_shape, data_format=data_format, dtype=dtype
     )

@@ -14,11 +14,12 @@ from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
-from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
+from tests.layer_test_case import missing_float16_kernels
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
+from tests.layer_test_case import skip_unless_float16_kernels_run
 
 LAYER_CASES = pytest.mark.parametrize(
     "input_shape, kwargs, expected",
@@ -44,7 +45,7 @@ def test_layer_checks(input_shape, kwargs, expected, tmp_path):
         expected_num_non_trainable_weights=2,  # moving mean, variance
         expected_output_shape=expected,
         atol=1e-5,
-        run_mixed_precision=float16_kernels_run(4, data_format),
+        float16_kernels_missing=missing_float16_kernels(4, data_format),
     )
 
 
@@ -148,8 +149,7 @@ def test_inference_equals_keras_applications_stem():
 
 
 def test_mixed_precision_training_step_matches_keras_applications_stem():
-    if not float16_kernels_run(4, "channels_last"):
-        pytest.skip("no float16 kernels here")
+    skip_unless_float16_kernels_run(4, "channels_last")
     plain, ours = _pair((4, 9, 9, 8), dtype="mixed_float16")
     x = make_inputs((4, 9, 9, 8), seed=4)
     y_plain, g_plain = value_and_grads(plain, x)

@@ -393,20 +393,34 @@ def _built(layer, shape):
     return layer
 
 
+def _recompute_gets_them_right(x):
+    """One training step of `Recompute` around the block equals the plain
+    block's: gradients and moving statistics."""
+    plain, wrapped, _ = _pair("conv_bn_dropout")
+    _, g_plain = value_and_grads(plain, x)
+    _, g_ours = value_and_grads(wrapped, x)
+    for mine, reference in zip(g_ours, g_plain, strict=True):
+        _assert_close_relative(mine, reference, 1e-5)
+    _assert_same_state(wrapped, plain)
+
+
 def test_keras_remat_gets_statistics_and_dropout_wrong():
     """Why `Recompute` exists: `keras.RematScope` (`keras.remat` around
     each layer's call) on the same block. Under TensorFlow and PyTorch the
     recomputation updates the moving statistics and advances the dropout
     seed a second time, and draws another dropout mask, so the gradients
-    are wrong; under JAX the update inside `jax.checkpoint` leaks its
-    traced values and the step fails. If this test fails, Keras has fixed
-    it: update the README's comparison."""
+    are wrong; under JAX the step fails. `Recompute` around that block
+    gets them right on every backend. If the `RematScope` half fails,
+    Keras has changed: update the README's comparison."""
+    x = make_inputs((4, 8, 8, 4), seed=12)
     if BACKEND == "jax":
-        # Keras 3.15 fails even to call the block (an error while
-        # reporting a tracer error in BatchNormalization).
-        with pytest.raises(Exception):  # noqa: B017 - any failure
+        # Keras 3.15 fails even to call the block: a Python condition on a
+        # value traced by `jax.checkpoint`, whose JAX error report fails
+        # in turn.
+        with pytest.raises(AttributeError, match="_error_repr"):
             with keras.RematScope(mode="full"):
                 _built(conv_bn_dropout(), (4, 8, 8, 4))
+        _recompute_gets_them_right(x)
         return
     keras.utils.set_random_seed(1)
     plain = _built(conv_bn_dropout(), (4, 8, 8, 4))
@@ -414,7 +428,6 @@ def test_keras_remat_gets_statistics_and_dropout_wrong():
     with keras.RematScope(mode="full"):
         rematerialized = _built(conv_bn_dropout(), (4, 8, 8, 4))
     _copy_variables(plain, rematerialized)
-    x = make_inputs((4, 8, 8, 4), seed=12)
     _, g_plain = value_and_grads(plain, x)
     _, g_remat = value_and_grads(rematerialized, x)
     kernel_gradient = 1  # after the input's gradient
@@ -431,6 +444,7 @@ def test_keras_remat_gets_statistics_and_dropout_wrong():
             assert not np.allclose(
                 to_numpy(variable), to_numpy(reference), atol=1e-4
             )
+    _recompute_gets_them_right(x)
 
 
 def test_mixed_precision_model_around_a_float32_block_keeps_float32():

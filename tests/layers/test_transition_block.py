@@ -16,11 +16,12 @@ from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
-from tests.layer_test_case import float16_kernels_run
 from tests.layer_test_case import make_inputs
+from tests.layer_test_case import missing_float16_kernels
 from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
+from tests.layer_test_case import skip_unless_float16_kernels_run
 
 LAYER_CASES = pytest.mark.parametrize(
     "input_shape, kwargs, expected",
@@ -64,7 +65,7 @@ def test_layer_checks(input_shape, kwargs, expected, tmp_path):
         expected_num_non_trainable_weights=2,  # moving mean, variance
         expected_output_shape=expected,
         atol=1e-5,
-        run_mixed_precision=float16_kernels_run(
+        float16_kernels_missing=missing_float16_kernels(
             len(input_shape),
             kwargs.get("data_format", "channels_last"),
             pooling=True,
@@ -243,8 +244,7 @@ def test_recompute_outputs_and_gradients_equal_the_plain_block(
 
 
 def test_recompute_under_mixed_precision_matches_the_plain_block():
-    if not float16_kernels_run(4, "channels_last", pooling=True):
-        pytest.skip("no float16 convolution or average pooling here")
+    skip_unless_float16_kernels_run(4, "channels_last", pooling=True)
     input_shape = (4, 8, 8, 12)
     plain, ours = _pair(input_shape, dtype="mixed_float16")
     x = make_inputs(input_shape, seed=4)
