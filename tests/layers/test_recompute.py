@@ -414,12 +414,9 @@ def test_keras_remat_gets_statistics_and_dropout_wrong():
     Keras has changed: update the README's comparison."""
     x = make_inputs((4, 8, 8, 4), seed=12)
     if BACKEND == "jax":
-        # Keras 3.15 fails even to call the block: a Python condition on a
-        # value traced by `jax.checkpoint`, whose JAX error report fails
-        # in turn.
-        with pytest.raises(AttributeError, match="_error_repr"):
-            with keras.RematScope(mode="full"):
-                _built(conv_bn_dropout(), (4, 8, 8, 4))
+        # Keras 3.15's RematScope fails even to call the block under JAX
+        # (a Python condition on a value traced by `jax.checkpoint`): no
+        # step to compare with, and Keras's own error is not ours to test.
         _recompute_gets_them_right(x)
         return
     keras.utils.set_random_seed(1)
