@@ -1,20 +1,11 @@
 import keras
 from keras import ops
 
-from keras_fusion._internal.checks import check_fusion_input_shapes
-from keras_fusion._internal.checks import fused_output_shape
-from keras_fusion._internal.checks import resolve_channel_axis
-from keras_fusion._internal.checks import smallest_spatial_shape
-from keras_fusion._internal.checks import standardize_data_format
-from keras_fusion._internal.checks import validate_axis_argument
-from keras_fusion._internal.masking import check_masks
-from keras_fusion._internal.masking import fuse_masks
-from keras_fusion._internal.shapes import refuse_torchscript_trace
-from keras_fusion.ops.cropping import crop_to_smallest
+from keras_fusion.layers._base_fusion import BaseFusion
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
-class CropAndConcat(keras.layers.Layer):
+class CropAndConcat(BaseFusion):
     """Centre-crops feature maps to a common size and concatenates them.
 
     The skip connection of U-Net: valid convolutions shrink the decoder's
@@ -83,19 +74,19 @@ class CropAndConcat(keras.layers.Layer):
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
-        inputs: the list of feature maps.
+        inputs: the list of feature maps to crop and concatenate.
         mask: `None` or a list of one boolean mask (or `None`) per input,
-            each of its input's shape without the channel axis. Keras passes
-            the inputs' masks here; a mask of another shape raises a
-            `ValueError`.
+            each of its input's shape without the channel axis, which is
+            cropped with its input. Keras passes the inputs' masks here; a
+            mask of another shape raises a `ValueError`.
 
     Input shape:
-        A list of 2 or more tensors of the same rank: 3D
+        A list of 2 or more tensors of the same rank and batch size, whose
+        spatial sizes and channel counts may differ: 3D
         `(batch, length, channels)`, 4D `(batch, height, width, channels)`
         or 5D `(batch, depth, height, width, channels)` with
         `"channels_last"`; the channel axis comes right after the batch axis
-        with `"channels_first"`. Batch sizes must agree; spatial sizes and
-        channel counts may differ.
+        with `"channels_first"`.
 
     Output shape:
         The inputs' rank, with each spatial dimension the smallest among the
@@ -108,57 +99,10 @@ class CropAndConcat(keras.layers.Layer):
       for Biomedical Image Segmentation"](https://arxiv.org/abs/1505.04597).
     """
 
-    def __init__(self, axis=None, data_format=None, **kwargs):
-        super().__init__(**kwargs)
-        self.axis = validate_axis_argument(axis)
-        self.data_format = standardize_data_format(data_format)
+    # Inputs of any sizes are centre-cropped to the smallest; their
+    # channel counts add up.
+    _alignment = "crop"
+    _concatenates = True
 
-    def build(self, input_shape):
-        rank = check_fusion_input_shapes(
-            input_shape, self.data_format, self.__class__.__name__
-        )
-        self._channel_axis = resolve_channel_axis(
-            self.axis, rank, self.data_format
-        )
-
-    def call(self, inputs, mask=None):
-        refuse_torchscript_trace(self.__class__.__name__)
-        name = self.__class__.__name__
-        check_fusion_input_shapes(
-            [tuple(x.shape) for x in inputs], self.data_format, name
-        )
-        check_masks(inputs, mask, self._channel_axis, name)
-        cropped = crop_to_smallest(inputs, data_format=self.data_format)
-        return ops.concatenate(cropped, axis=self._channel_axis)
-
-    def compute_mask(self, inputs, mask=None):
-        if mask is None:
-            return None
-        name = self.__class__.__name__
-        rank = check_fusion_input_shapes(
-            [tuple(x.shape) for x in inputs], self.data_format, name
-        )
-        channel = resolve_channel_axis(self.axis, rank, self.data_format)
-        masks = check_masks(inputs, mask, channel, name)
-        if all(m is None for m in masks):
-            return None
-        return fuse_masks(inputs, masks, "crop", self.data_format, channel)
-
-    def compute_output_shape(self, input_shape):
-        rank = check_fusion_input_shapes(
-            input_shape, self.data_format, self.__class__.__name__
-        )
-        channel = resolve_channel_axis(self.axis, rank, self.data_format)
-        channels = [s[channel] for s in input_shape]
-        return fused_output_shape(
-            input_shape,
-            channel,
-            None if None in channels else sum(channels),
-            smallest_spatial_shape(input_shape, self.data_format),
-            self.data_format,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"axis": self.axis, "data_format": self.data_format})
-        return config
+    def _fuse(self, inputs):
+        return ops.concatenate(inputs, axis=self._channel_axis)

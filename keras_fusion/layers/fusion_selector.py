@@ -4,24 +4,13 @@ import keras
 from keras import ops
 
 from keras_fusion._internal.checks import check_batch_norm_arguments
-from keras_fusion._internal.checks import check_fusion_input_shapes
+from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
-from keras_fusion._internal.checks import common_channel_count
-from keras_fusion._internal.checks import common_spatial_shape
-from keras_fusion._internal.checks import fused_output_shape
-from keras_fusion._internal.checks import largest_spatial_shape
-from keras_fusion._internal.checks import resolve_channel_axis
-from keras_fusion._internal.checks import smallest_spatial_shape
-from keras_fusion._internal.checks import standardize_data_format
-from keras_fusion._internal.checks import validate_axis_argument
-from keras_fusion._internal.masking import check_masks
-from keras_fusion._internal.masking import fuse_masks
-from keras_fusion._internal.shapes import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import checked_equal_shapes
+from keras_fusion.layers._base_fusion import BaseFusion
+from keras_fusion.layers._base_fusion import check_fusion_epsilon
 from keras_fusion.layers.weighted_add import WeightedAdd
-from keras_fusion.ops.cropping import crop_to_smallest
-from keras_fusion.ops.padding import pad_to_largest
 
 _MODES = ("add", "concat", "weighted_add")
 _ALIGNS = (None, "crop", "pad")
@@ -39,7 +28,7 @@ _CONVOLUTIONS = {
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
-class FusionSelector(keras.layers.Layer):
+class FusionSelector(BaseFusion):
     """Fuses feature maps by addition, concatenation or weighted addition.
 
     One layer for the choice every multi-branch network makes when two
@@ -48,17 +37,12 @@ class FusionSelector(keras.layers.Layer):
     Feature-Fused SSD's (concatenation module vs element-sum module)
     changes one argument, in code or in a saved model's config.
 
-    The trade-off, after the article
-    "深度特征融合---理解add和concat之多层特征融合" (2023): addition
-    followed by a convolution equals concatenation followed by a
-    convolution whose kernel is shared by the inputs (the add-conv's kernel
-    repeated once per input), so `"add"` assumes that corresponding
-    channels of the inputs mean the same thing, and costs `1 / N` of the
-    parameters and multiply-adds of the convolution after `"concat"` for
-    `N` inputs. The article also reports that concatenation works better
-    when each input is batch-normalized before it is concatenated
-    (`batch_norm_before_concat=True`), since the inputs come from layers
-    whose activations have different scales.
+    Which to choose is the subject of the notebook
+    `notebooks/04_add_vs_concat.ipynb` in the keras_fusion repository,
+    after the article "深度特征融合---理解add和concat之多层特征融合"
+    (2023): why addition followed by a convolution is a concatenation
+    whose following convolution shares its kernel between the inputs,
+    what each costs, and an ablation of the modes below.
 
     Modes:
 
@@ -209,13 +193,13 @@ class FusionSelector(keras.layers.Layer):
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
-        inputs: the list of feature maps.
+        inputs: the list of feature maps to fuse.
         training: whether the `BatchNormalization` sublayers
             (`batch_norm_before_concat`) run in training mode.
         mask: `None` or a list of one boolean mask (or `None`) per input,
-            each of its input's shape without the channel axis. Keras passes
-            the inputs' masks here; a mask of another shape raises a
-            `ValueError`.
+            each of its input's shape without the channel axis, which is
+            aligned with its input (`align`). Keras passes the inputs' masks
+            here; a mask of another shape raises a `ValueError`.
 
     Input shape:
         A list of 2 or more tensors of the same rank: 3D
@@ -250,6 +234,27 @@ class FusionSelector(keras.layers.Layer):
       (`"weighted_add"`).
     """
 
+    _spatial_remedy = (
+        "pass align='crop' or align='pad' to fuse feature maps of different "
+        "sizes"
+    )
+
+    @property
+    def _alignment(self):
+        return self.align
+
+    @property
+    def _concatenates(self):
+        return self.mode == "concat"
+
+    @property
+    def _channel_remedy(self):
+        return (
+            f"mode={self.mode!r} sums the inputs element-wise; pass "
+            "projection=<channels> to project them to a common channel "
+            "count with 1x1 convolutions"
+        )
+
     def __init__(
         self,
         mode="concat",
@@ -267,7 +272,7 @@ class FusionSelector(keras.layers.Layer):
         synchronized=False,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(axis=axis, data_format=data_format, **kwargs)
         if mode not in _MODES:
             raise ValueError(
                 "`mode` should be one of 'add', 'concat' or 'weighted_add'. "
@@ -278,14 +283,8 @@ class FusionSelector(keras.layers.Layer):
                 "`align` should be one of None, 'crop' or 'pad'. "
                 f"Received: align={align!r}"
             )
-        for name, value in (
-            ("batch_norm_before_concat", batch_norm_before_concat),
-            ("weight_per_channel", weight_per_channel),
-        ):
-            if not isinstance(value, bool):
-                raise TypeError(
-                    f"`{name}` should be a bool. Received: {name}={value!r}"
-                )
+        check_bool(batch_norm_before_concat, "batch_norm_before_concat")
+        check_bool(weight_per_channel, "weight_per_channel")
         if batch_norm_before_concat and mode != "concat":
             raise ValueError(
                 "`batch_norm_before_concat=True` normalizes the inputs of a "
@@ -299,15 +298,12 @@ class FusionSelector(keras.layers.Layer):
                 f"mode={mode!r}"
             )
         if projection is not None:
-            if (
-                isinstance(projection, bool)
-                or not isinstance(projection, numbers.Integral)
-                or projection < 1
-            ):
-                raise ValueError(
-                    "`projection` should be None or a positive int, the "
-                    f"common channel count. Received: projection={projection!r}"
-                )
+            check_real(
+                projection,
+                "projection",
+                "None or a positive int, the common channel count",
+                lambda v: isinstance(v, numbers.Integral) and v >= 1,
+            )
             if mode == "concat":
                 raise ValueError(
                     "`projection` should only be used with mode='add' or "
@@ -320,134 +316,44 @@ class FusionSelector(keras.layers.Layer):
         self.align = align
         self.projection = None if projection is None else int(projection)
         self.weight_per_channel = weight_per_channel
-        self.fusion_epsilon = check_real(
-            fusion_epsilon,
-            "fusion_epsilon",
-            "a positive, finite number",
-            lambda v: v > 0,
-        )
+        self.fusion_epsilon = check_fusion_epsilon(fusion_epsilon)
         self.batch_norm_momentum, self.batch_norm_epsilon = (
             check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon)
         )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.axis = validate_axis_argument(axis)
-        self.data_format = standardize_data_format(data_format)
         self.synchronized = check_synchronized(synchronized)
         self._weighted_add = None
 
     def build(self, input_shape):
-        # compute_output_shape checks that the inputs can be aligned and
-        # fused, and gives the shape every input has once aligned.
-        output_shape = self.compute_output_shape(input_shape)
-        rank = len(output_shape)
-        self._channel_axis = resolve_channel_axis(
-            self.axis, rank, self.data_format
-        )
-        channels = [s[self._channel_axis] for s in input_shape]
-        if None in channels and (
+        super().build(input_shape)
+        if (
             self.batch_norm_before_concat
             or self.projection is not None
             or self.weight_per_channel
         ):
-            raise ValueError(
-                f"`{self.__class__.__name__}` with batch_norm_before_concat, "
-                "projection or weight_per_channel needs the channel count "
-                f"(axis {self._channel_axis}) of every input. Received: "
-                f"inputs with shapes {[tuple(s) for s in input_shape]}"
+            self._require_channel_counts(
+                input_shape,
+                "batch_norm_before_concat, projection or weight_per_channel",
             )
         self._batch_norms = self._build_batch_norms(input_shape)
-        self._projections = self._build_projections(input_shape, channels)
+        self._projections = self._build_projections(input_shape)
         if self.mode == "weighted_add":
-            self._weighted_add = self._build_weighted_add(
-                output_shape, len(input_shape)
-            )
+            self._weighted_add = self._build_weighted_add(input_shape)
         if (
             self._batch_norms
             or self._projections
             or self._weighted_add is not None
         ):
-            # State that belongs to input i ties the layer to these inputs:
-            # Keras then checks the number of inputs and their channels in
-            # later calls. Without it, like keras.layers.Add, the layer may
-            # be reused on any number of inputs.
-            self.input_spec = [
-                keras.InputSpec(
-                    ndim=rank,
-                    axes=None if c is None else {self._channel_axis: c},
-                )
-                for c in channels
-            ]
+            # Sublayers and weights of input i tie the layer to its inputs.
+            self._tie_to_inputs(input_shape, channels=True)
 
     def call(self, inputs, training=None, mask=None):
-        refuse_torchscript_trace(self.__class__.__name__)
-        # The run-time shapes may know sizes that were None in build():
-        # compute_output_shape holds the shape checks, run them on those.
-        self.compute_output_shape([tuple(x.shape) for x in inputs])
-        masks = check_masks(
-            inputs, mask, self._channel_axis, self.__class__.__name__
-        )
+        masks = self._check_call_inputs(inputs, mask)
         self._check_float_inputs(inputs)
         fused = self._normalize(list(inputs), masks, training)
         fused = self._project(fused)
-        fused = self._align(fused)
-        return self._fuse(fused)
-
-    def compute_mask(self, inputs, mask=None):
-        if mask is None:
-            return None
-        output_shape = self.compute_output_shape(
-            [tuple(x.shape) for x in inputs]
-        )
-        channel = resolve_channel_axis(
-            self.axis, len(output_shape), self.data_format
-        )
-        masks = check_masks(inputs, mask, channel, self.__class__.__name__)
-        if all(m is None for m in masks):
-            return None
-        if (
-            self.mode != "concat"
-            and self.align != "pad"
-            and any(m is None for m in masks)
-        ):
-            # As in keras.layers.Add: an unmasked input is valid everywhere,
-            # so the sum is too.
-            return None
-        return fuse_masks(inputs, masks, self.align, self.data_format, channel)
-
-    def compute_output_shape(self, input_shape):
-        name = self.__class__.__name__
-        rank = check_fusion_input_shapes(input_shape, self.data_format, name)
-        channel = resolve_channel_axis(self.axis, rank, self.data_format)
-        if self.align == "crop":
-            spatial = smallest_spatial_shape(input_shape, self.data_format)
-        elif self.align == "pad":
-            spatial = largest_spatial_shape(input_shape, self.data_format)
-        else:
-            spatial = common_spatial_shape(
-                input_shape,
-                self.data_format,
-                name,
-                remedy="pass align='crop' or align='pad' to fuse feature "
-                "maps of different sizes",
-            )
-        channels = [s[channel] for s in input_shape]
-        if self.mode == "concat":
-            output_channels = None if None in channels else sum(channels)
-        elif self.projection is not None:
-            output_channels = self.projection
-        else:
-            output_channels = common_channel_count(
-                input_shape,
-                channel,
-                name,
-                remedy=f"mode={self.mode!r} sums the inputs element-wise; "
-                "pass projection=<channels> to project them to a common "
-                "channel count with 1x1 convolutions",
-            )
-        return fused_output_shape(
-            input_shape, channel, output_channels, spatial, self.data_format
-        )
+        return self._fuse(self._align_inputs(fused))
 
     def get_config(self):
         config = super().get_config()
@@ -467,8 +373,6 @@ class FusionSelector(keras.layers.Layer):
                 "kernel_regularizer": keras.regularizers.serialize(
                     self.kernel_regularizer
                 ),
-                "axis": self.axis,
-                "data_format": self.data_format,
                 "synchronized": self.synchronized,
             }
         )
@@ -498,6 +402,12 @@ class FusionSelector(keras.layers.Layer):
                 f"{type(self).__name__!r} object has no attribute {name!r}"
             )
         return parent(name)
+
+    def _fused_channels(self, input_shape, channel_axis):
+        # The projections give every input `projection` channels.
+        if self.projection is not None:
+            return self.projection
+        return super()._fused_channels(input_shape, channel_axis)
 
     def _check_float_inputs(self, inputs):
         """Refuse integer and bool inputs where a sublayer (BatchNorm, a
@@ -541,7 +451,7 @@ class FusionSelector(keras.layers.Layer):
             batch_norms.append(batch_norm)
         return batch_norms
 
-    def _build_projections(self, input_shape, channels):
+    def _build_projections(self, input_shape):
         """One 1x1 convolution per input (`None` where the input already has
         `projection` channels), or `[]` without `projection`."""
         if self.projection is None:
@@ -549,7 +459,7 @@ class FusionSelector(keras.layers.Layer):
         rank = len(input_shape[0])
         projections = []
         for index, shape in enumerate(input_shape):
-            if channels[index] == self.projection:
+            if shape[self._channel_axis] == self.projection:
                 projections.append(None)
                 continue
             projection = _CONVOLUTIONS[rank](
@@ -575,7 +485,7 @@ class FusionSelector(keras.layers.Layer):
             projections.append(projection)
         return projections
 
-    def _build_weighted_add(self, output_shape, num_inputs):
+    def _build_weighted_add(self, input_shape):
         weighted_add = WeightedAdd(
             weight_per_channel=self.weight_per_channel,
             fusion_epsilon=self.fusion_epsilon,
@@ -585,7 +495,8 @@ class FusionSelector(keras.layers.Layer):
             name="weighted_add",
         )
         # Projected and aligned, every input has the output's shape.
-        weighted_add.build([output_shape] * num_inputs)
+        output_shape = self.compute_output_shape(input_shape)
+        weighted_add.build([output_shape] * len(input_shape))
         return weighted_add
 
     def _normalize(self, inputs, masks, training):
@@ -616,13 +527,6 @@ class FusionSelector(keras.layers.Layer):
             x if projection is None else projection(x)
             for projection, x in zip(self._projections, inputs, strict=True)
         ]
-
-    def _align(self, inputs):
-        if self.align == "crop":
-            return crop_to_smallest(inputs, data_format=self.data_format)
-        if self.align == "pad":
-            return pad_to_largest(inputs, data_format=self.data_format)
-        return inputs
 
     def _fuse(self, inputs):
         if self.mode == "concat":

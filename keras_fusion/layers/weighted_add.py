@@ -1,29 +1,25 @@
 import keras
 from keras import ops
 
-from keras_fusion._internal.checks import check_fusion_input_shapes
-from keras_fusion._internal.checks import check_real
-from keras_fusion._internal.checks import common_channel_count
-from keras_fusion._internal.checks import common_spatial_shape
-from keras_fusion._internal.checks import fused_output_shape
-from keras_fusion._internal.checks import resolve_channel_axis
-from keras_fusion._internal.checks import standardize_data_format
-from keras_fusion._internal.checks import validate_axis_argument
-from keras_fusion._internal.masking import check_masks
-from keras_fusion._internal.masking import fuse_masks
-from keras_fusion._internal.shapes import refuse_torchscript_trace
+from keras_fusion._internal.checks import check_bool
 from keras_fusion.backend.size_checks import checked_equal_shapes
+from keras_fusion.layers._base_fusion import BaseFusion
+from keras_fusion.layers._base_fusion import check_fusion_epsilon
 
+_ALIGN_FIRST = (
+    "crop or pad them to a common size first, or use "
+    "FusionSelector(mode='weighted_add', align='crop') (or align='pad'), "
+    "which does"
+)
 _SHAPES_DIFFER = (
     "All inputs to `{name}` should have the same shape (batch, spatial and "
-    "channel sizes); crop or pad them to a common size first, or use "
-    "FusionSelector(mode='weighted_add', align='crop') (or align='pad'), "
-    "which does. Received: inputs with run-time shapes {{shapes}}"
+    f"channel sizes); {_ALIGN_FIRST}. Received: inputs with run-time shapes "
+    "{{shapes}}"
 )
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
-class WeightedAdd(keras.layers.Layer):
+class WeightedAdd(BaseFusion):
     """Adds feature maps with learned, normalized weights (BiFPN fusion).
 
     The fast normalized fusion of EfficientDet's BiFPN: with one learnable
@@ -93,10 +89,11 @@ class WeightedAdd(keras.layers.Layer):
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
-        inputs: the list of feature maps.
+        inputs: the list of feature maps to add.
         mask: `None` or a list of one boolean mask (or `None`) per input,
-            each of its input's shape without the channel axis. Keras passes
-            the inputs' masks here; a mask of another shape raises a
+            each of its input's shape without the channel axis; the output
+            has a mask only when every input has one. Keras passes the
+            inputs' masks here; a mask of another shape raises a
             `ValueError`.
 
     Input shape:
@@ -119,6 +116,15 @@ class WeightedAdd(keras.layers.Layer):
       "Weighted Feature Fusion".
     """
 
+    # Like keras.layers.Add: the inputs' sizes and channel counts must
+    # agree.
+    _spatial_remedy = _ALIGN_FIRST
+    _channel_remedy = (
+        "project them to a common channel count first, or use "
+        "FusionSelector(mode='weighted_add', projection=<channels>), "
+        "which does"
+    )
+
     def __init__(
         self,
         weight_per_channel=False,
@@ -127,70 +133,36 @@ class WeightedAdd(keras.layers.Layer):
         data_format=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if not isinstance(weight_per_channel, bool):
-            raise TypeError(
-                "`weight_per_channel` should be a bool. Received: "
-                f"weight_per_channel={weight_per_channel!r}"
-            )
-        self.weight_per_channel = weight_per_channel
-        self.fusion_epsilon = check_real(
-            fusion_epsilon,
-            "fusion_epsilon",
-            "a positive, finite number",
-            lambda v: v > 0,
+        super().__init__(axis=axis, data_format=data_format, **kwargs)
+        self.weight_per_channel = check_bool(
+            weight_per_channel, "weight_per_channel"
         )
-        self.axis = validate_axis_argument(axis)
-        self.data_format = standardize_data_format(data_format)
+        self.fusion_epsilon = check_fusion_epsilon(fusion_epsilon)
 
     def build(self, input_shape):
-        output_shape = self.compute_output_shape(input_shape)
-        rank = len(output_shape)
-        self._channel_axis = resolve_channel_axis(
-            self.axis, rank, self.data_format
-        )
-        channels = [s[self._channel_axis] for s in input_shape]
-        if self.weight_per_channel and None in channels:
-            raise ValueError(
-                f"`{self.__class__.__name__}` with weight_per_channel=True "
-                "needs the channel count (axis "
-                f"{self._channel_axis}) of every input. Received: inputs "
-                f"with shapes {[tuple(s) for s in input_shape]}"
-            )
+        super().build(input_shape)
+        if self.weight_per_channel:
+            self._require_channel_counts(input_shape, "weight_per_channel=True")
         num_inputs = len(input_shape)
         self.fusion_weights = self.add_weight(
             name="fusion_weights",
             shape=(
-                (num_inputs, output_shape[self._channel_axis])
+                (num_inputs, input_shape[0][self._channel_axis])
                 if self.weight_per_channel
                 else (num_inputs,)
             ),
             initializer="ones",
         )
-        # Weight i belongs to input i (and, per channel, to its channels):
-        # Keras then checks the number of inputs (and their channels) in
-        # later calls.
-        self.input_spec = [
-            keras.InputSpec(
-                ndim=rank,
-                axes=(
-                    {self._channel_axis: c} if self.weight_per_channel else None
-                ),
-            )
-            for c in channels
-        ]
+        # Weight i belongs to input i (and, per channel, to its channels).
+        self._tie_to_inputs(input_shape, channels=self.weight_per_channel)
 
-    def call(self, inputs, mask=None):
-        refuse_torchscript_trace(self.__class__.__name__)
-        # The run-time shapes may know sizes that were None in build():
-        # compute_output_shape holds the shape checks, run them on those.
-        self.compute_output_shape([tuple(x.shape) for x in inputs])
-        name = self.__class__.__name__
-        check_masks(inputs, mask, self._channel_axis, name)
+    def _fuse(self, inputs):
         # Sizes known only at run time are checked when the graph runs:
         # the sum would broadcast an input of size 1.
         inputs = checked_equal_shapes(
-            inputs, "weighted_add_inputs", _SHAPES_DIFFER.format(name=name)
+            inputs,
+            "weighted_add_inputs",
+            _SHAPES_DIFFER.format(name=self.__class__.__name__),
         )
         weights = ops.relu(self.fusion_weights)
         weights = weights / (ops.sum(weights, axis=0) + self.fusion_epsilon)
@@ -205,54 +177,12 @@ class WeightedAdd(keras.layers.Layer):
             )
         return output
 
-    def compute_mask(self, inputs, mask=None):
-        if mask is None:
-            return None
-        output_shape = self.compute_output_shape(
-            [tuple(x.shape) for x in inputs]
-        )
-        channel = resolve_channel_axis(
-            self.axis, len(output_shape), self.data_format
-        )
-        masks = check_masks(inputs, mask, channel, self.__class__.__name__)
-        if any(m is None for m in masks):
-            # As in keras.layers.Add: an unmasked input is valid everywhere,
-            # so the sum is too.
-            return None
-        return fuse_masks(inputs, masks, None, self.data_format, channel)
-
-    def compute_output_shape(self, input_shape):
-        name = self.__class__.__name__
-        rank = check_fusion_input_shapes(input_shape, self.data_format, name)
-        channel = resolve_channel_axis(self.axis, rank, self.data_format)
-        spatial = common_spatial_shape(
-            input_shape,
-            self.data_format,
-            name,
-            remedy="crop or pad them to a common size first, or use "
-            "FusionSelector(mode='weighted_add', align='crop') (or "
-            "align='pad'), which does",
-        )
-        output_channels = common_channel_count(
-            input_shape,
-            channel,
-            name,
-            remedy="project them to a common channel count first, or use "
-            "FusionSelector(mode='weighted_add', projection=<channels>), "
-            "which does",
-        )
-        return fused_output_shape(
-            input_shape, channel, output_channels, spatial, self.data_format
-        )
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "weight_per_channel": self.weight_per_channel,
                 "fusion_epsilon": self.fusion_epsilon,
-                "axis": self.axis,
-                "data_format": self.data_format,
             }
         )
         return config

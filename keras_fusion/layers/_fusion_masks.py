@@ -1,5 +1,5 @@
-"""Keras masks of fused feature maps, shared by `CropAndConcat` and
-`FusionSelector`.
+"""Keras masks of fused feature maps, for the fusion layers' base
+(`BaseFusion`).
 
 A mask marks valid positions: it has its feature map's shape without the
 channel axis. When feature maps are fused, each mask is cropped or padded
