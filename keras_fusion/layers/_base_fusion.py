@@ -87,12 +87,7 @@ class BaseFusion(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         if mask is None:
             return None
-        output_shape = self.compute_output_shape(
-            [tuple(x.shape) for x in inputs]
-        )
-        channel = resolve_channel_axis(
-            self.axis, len(output_shape), self.data_format
-        )
+        channel = self._check_shapes([tuple(x.shape) for x in inputs])
         masks = check_masks(inputs, mask, channel, self.__class__.__name__)
         if all(m is None for m in masks):
             return None
@@ -161,12 +156,26 @@ class BaseFusion(keras.layers.Layer):
         """Run the checks of `call`, first of all, and return the masks as a
         list of one mask (or `None`) per input."""
         refuse_torchscript_trace(self.__class__.__name__)
-        # The run-time shapes may know sizes that were None in build():
-        # compute_output_shape holds the shape checks, run them on those.
-        self.compute_output_shape([tuple(x.shape) for x in inputs])
+        # The run-time shapes may know sizes that were None in build().
+        self._check_shapes([tuple(x.shape) for x in inputs])
         return check_masks(
             inputs, mask, self._channel_axis, self.__class__.__name__
         )
+
+    def _check_shapes(self, input_shape):
+        """The checks of `compute_output_shape`, without the sizes that
+        alignment gives: where the spatial sizes are symbols of a JAX export,
+        JAX cannot take their minimum or maximum, and the crop or pad checks
+        them itself. Returns the channel axis."""
+        rank = check_fusion_input_shapes(
+            input_shape, self.data_format, self.__class__.__name__
+        )
+        channel = resolve_channel_axis(self.axis, rank, self.data_format)
+        if self._alignment is None:
+            self._fused_spatial_shape(input_shape)
+        if not self._concatenates:
+            self._fused_channels(input_shape, channel)
+        return channel
 
     def _align_inputs(self, inputs):
         if self._alignment == "crop":
