@@ -59,11 +59,17 @@ def recomputing_transition(
     return outputs, (ops.stop_gradient(mean), ops.stop_gradient(variance))
 
 
-def recomputing_stem(inputs, gamma, beta, batch_norm, data_format):
+def recomputing_stem(
+    inputs, gamma, beta, batch_norm, data_format, return_features=False
+):
     """BatchNorm -> ReLU -> zero padding by 1 -> 3x3 max pooling with
     stride 2 of a 4D feature map, in training mode.
 
-    Args and returns as `recomputing_transition`, without the kernel.
+    Args and returns as `recomputing_transition`, without the kernel; with
+    `return_features`, the outputs are `[pooled, features]`, `features`
+    being the ReLU's output: an output of the rematerialized function, not
+    something its backward pass keeps, whose gradient autodiff adds to the
+    pooling's.
     """
     axis = channel_axis(len(inputs.shape), data_format)
     padding = [[0, 0], [0, 0], [1, 1], [1, 1]]
@@ -81,6 +87,8 @@ def recomputing_stem(inputs, gamma, beta, batch_norm, data_format):
             padding="valid",
             data_format=data_format,
         )
+        if return_features:
+            return [outputs, h], mean, variance
         return outputs, mean, variance
 
     outputs, mean, variance = keras.remat(stem)(inputs, gamma, beta)

@@ -11,7 +11,9 @@ of the dense block before it, which that block keeps anyway; the stem's is
 the 7x7 convolution's output, which the plain BatchNorm keeps too),
 BatchNorm's batch statistics and, for the stem, its output (which the
 first dense block keeps); the backward pass recomputes relu(BatchNorm(x))
-from the saved statistics.
+from the saved statistics. The stem can return that ReLU output too (the
+stride-2 feature of a U-Net's first skip): an output, not something kept,
+whose gradient joins the pooling's.
 
 Why this is TensorFlow code and not `keras.remat` (which the JAX and
 PyTorch kernels in `remat_transition.py` use): `tf.recompute_grad` around
@@ -105,11 +107,17 @@ def recomputing_transition(
     )
 
 
-def recomputing_stem(inputs, gamma, beta, batch_norm, data_format):
+def recomputing_stem(
+    inputs, gamma, beta, batch_norm, data_format, return_features=False
+):
     """BatchNorm -> ReLU -> zero padding by 1 -> 3x3 max pooling with
     stride 2 of a 4D feature map, in training mode.
 
-    Args and returns as `recomputing_transition`, without the kernel.
+    Args and returns as `recomputing_transition`, without the kernel; with
+    `return_features`, the outputs are `[pooled, features]`, `features`
+    being the ReLU's output, whose gradient joins the pooling's in the
+    backward pass. It is an output, not something the backward pass keeps:
+    that recomputes it as without `return_features`.
     """
 
     @tf.custom_gradient
@@ -126,7 +134,7 @@ def recomputing_stem(inputs, gamma, beta, batch_norm, data_format):
             data_format="channels_last",
         )
 
-        def grad_fn(d_outputs, *unused_statistics_gradients):
+        def grad_fn(d_outputs, *other_gradients):
             x_again = _after(d_outputs, x)
             padded = tf.pad(
                 batch_norm_relu.recompute_batch_norm_relu(
@@ -144,6 +152,9 @@ def recomputing_stem(inputs, gamma, beta, batch_norm, data_format):
                 strides=[1, _STEM_POOL_STRIDES, _STEM_POOL_STRIDES, 1],
                 padding="VALID",
             )
+            d_features = other_gradients[0] if return_features else None
+            if d_features is not None:
+                d_padded += tf.pad(d_features, _STEM_PADDING)
             # The ReLU's gradient on the padded tensors (the padding's is
             # sliced off after it), so that the unpadded ReLU output need
             # not stay alive beside the padded one.
@@ -158,21 +169,25 @@ def recomputing_stem(inputs, gamma, beta, batch_norm, data_format):
                 batch_norm,
             )
 
+        if return_features:
+            return (outputs, h, mean, variance), grad_fn
         return (outputs, mean, variance), grad_fn
 
     return _in_channels_last(stem, inputs, data_format, gamma, beta)
 
 
 def _in_channels_last(kernel_fn, inputs, data_format, *weights):
-    """`kernel_fn` (a custom gradient returning outputs, mean and
-    variance) on `inputs` transposed to channels_last, its outputs
-    transposed back."""
+    """`kernel_fn` (a custom gradient returning one or more outputs, then
+    mean and variance) on `inputs` transposed to channels_last, its outputs
+    transposed back: one tensor, or a list of several."""
     channels_first = data_format == "channels_first"
     to_last, to_first = tensorflow_ops.permutations(len(inputs.shape))
     x = tf.transpose(inputs, to_last) if channels_first else inputs
-    outputs, mean, variance = kernel_fn(x, *weights)
+    *outputs, mean, variance = kernel_fn(x, *weights)
     if channels_first:
-        outputs = tf.transpose(outputs, to_first)
+        outputs = [tf.transpose(output, to_first) for output in outputs]
+    if len(outputs) == 1:
+        outputs = outputs[0]
     return outputs, (tf.stop_gradient(mean), tf.stop_gradient(variance))
 
 

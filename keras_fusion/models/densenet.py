@@ -34,14 +34,6 @@ from keras_fusion.models._inputs_and_heads import spatial_sizes
 from keras_fusion.models.densenet_weights import check_weights
 from keras_fusion.models.densenet_weights import load_weights
 
-# The number of layers of each dense block, per variant.
-_VARIANTS = {
-    "DenseNet121": (6, 12, 24, 16),
-    "DenseNet169": (6, 12, 32, 32),
-    "DenseNet201": (6, 12, 48, 32),
-    "DenseNet264": (6, 12, 64, 48),
-}
-
 
 def DenseNet(
     blocks,
@@ -74,10 +66,12 @@ def DenseNet(
     With `recompute` on (the default), the dense blocks, the transitions
     and the stem's BatchNorm -> ReLU -> max pooling recompute in the
     backward pass instead of keeping their intermediate tensors (see
-    `MemoryEfficientDenseBlock`, `TransitionBlock`); the stem's BatchNorm,
-    ReLU, padding and pooling then are one layer, `conv1`, whose sublayer
-    `bn` holds `conv1_bn`'s weights. With `recompute=False` every layer is
-    the plain Keras layer, named as in `keras.applications`.
+    `MemoryEfficientDenseBlock`, `TransitionBlock`); with `recompute=False`
+    they run the plain Keras layers' ops. Unlike `keras.applications`, the
+    stem's BatchNorm, ReLU, padding and pooling are one layer, `conv1`,
+    whatever `recompute` is: its sublayer `bn` holds `conv1_bn`'s weights,
+    and its second output, `model.get_layer("conv1").output[1]`, is
+    `conv1_relu`'s output, the stride-2 feature (a U-Net's first skip).
 
     Example:
 
@@ -89,6 +83,8 @@ def DenseNet(
     4
     >>> model.output_shape
     (None, 10)
+    >>> model.get_layer("conv1").output[1].shape
+    (None, 32, 32, 64)
 
     Args:
         blocks: the number of layers of each of the four dense blocks.
@@ -190,7 +186,6 @@ def DenseNet(
     }
     inputs = model_input(input_tensor, input_shape)
     bn_axis = 1 if data_format == "channels_first" else -1
-
     x = check_input_size(inputs, (32, 32), "DenseNet", data_format)
     x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), data_format=data_format)(x)
     x = keras.layers.Conv2D(
@@ -201,25 +196,18 @@ def DenseNet(
         data_format=data_format,
         name="conv1_conv",
     )(x)
-    if recompute:
-        x = DenseNetStem(
-            batch_norm_momentum=batch_norm_momentum,
-            batch_norm_epsilon=batch_norm_epsilon,
-            data_format=data_format,
-            synchronized=synchronized,
-            name="conv1",
-        )(x)
-    else:
-        x = keras.layers.BatchNormalization(
-            axis=bn_axis, name="conv1_bn", **batch_norm
-        )(x)
-        x = keras.layers.Activation("relu", name="conv1_relu")(x)
-        x = keras.layers.ZeroPadding2D(
-            ((1, 1), (1, 1)), data_format=data_format
-        )(x)
-        x = keras.layers.MaxPooling2D(
-            3, strides=2, data_format=data_format, name="pool1"
-        )(x)
+    # The stride-2 feature (keras.applications' `conv1_relu` output) is the
+    # stem's second output, `model.get_layer("conv1").output[1]`: a layer
+    # on a branch to no output would not be kept in the model.
+    x, _ = DenseNetStem(
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        recompute=bool(recompute),
+        return_features=True,
+        name="conv1",
+    )(x)
     for index, num_layers in enumerate(blocks):
         x = MemoryEfficientDenseBlock(
             num_layers,
@@ -255,15 +243,7 @@ def DenseNet(
     return model
 
 
-_IMAGENET_WEIGHTS_DOC = """\
-`None` (random initialization), `"imagenet"` (the
-            `keras.applications` ImageNet weights, downloaded by Keras on
-            first use) or the path to a weights file (see `DenseNet`)."""
-_NO_IMAGENET_WEIGHTS_DOC = """\
-`None` (random initialization) or the path to a weights
-            file of this model (see `DenseNet`): `keras.applications` has
-            no ImageNet weights for this depth."""
-_VARIANT_DOCSTRING = """{title} on memory-efficient dense blocks.
+_VARIANT_DOC = """{title} on memory-efficient dense blocks.
 
     Dense blocks of {blocks_text} layers. {keras_sentence}
     Beyond those of `keras.applications`, it takes the dense blocks'
@@ -327,84 +307,207 @@ _VARIANT_DOCSTRING = """{title} on memory-efficient dense blocks.
     - [Memory-Efficient Implementation of DenseNets](
         https://arxiv.org/abs/1707.06990) (Pleiss et al., 2017)
     """
+_IMAGENET_SENTENCE = """\
+It has the arguments, layer
+    names, parameter counts and weights of `keras.applications.{name}`."""
+_NO_IMAGENET_SENTENCE = """\
+`keras.applications` has no
+    DenseNet of this depth; the arguments and layer names are those of
+    its DenseNet-121 to -201."""
+_IMAGENET_WEIGHTS_DOC = """\
+`None` (random initialization), `"imagenet"` (the
+            `keras.applications` ImageNet weights, downloaded by Keras on
+            first use) or the path to a weights file (see `DenseNet`)."""
+_NO_IMAGENET_WEIGHTS_DOC = """\
+`None` (random initialization) or the path to a weights
+            file of this model (see `DenseNet`): `keras.applications` has
+            no ImageNet weights for this depth."""
+_DENSENET264_PAPER = """
+
+    The network Pleiss et al. trained on one 8-GPU workstation with their
+    memory-efficient implementation."""
 
 
-def _variant(variant, title, paper=""):
-    """The builder of one row of `_VARIANTS`, with its own docstring."""
-    blocks = _VARIANTS[variant]
-    imagenet = variant != "DenseNet264"
-    default_name = variant.lower()
+def _variant_doc(name, title, blocks, imagenet=True, paper=""):
+    """`_VARIANT_DOC` for the variant `name` of these `blocks`."""
     features = 64
     for index, num_layers in enumerate(blocks):
         features += 32 * num_layers
         if index < len(blocks) - 1:
             features //= 2
-
-    def builder(
-        include_top=True,
-        weights="imagenet" if imagenet else None,
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=1000,
-        classifier_activation="softmax",
-        recompute=True,
-        dropout_rate=0.0,
-        batch_norm_momentum=0.99,
-        batch_norm_epsilon=1.001e-5,
-        data_format=None,
-        synchronized=False,
-        name=default_name,
-    ):
-        return DenseNet(
-            blocks,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            recompute=recompute,
-            dropout_rate=dropout_rate,
-            batch_norm_momentum=batch_norm_momentum,
-            batch_norm_epsilon=batch_norm_epsilon,
-            data_format=data_format,
-            synchronized=synchronized,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = variant
-    builder.__doc__ = _VARIANT_DOCSTRING.format(
-        name=variant,
+    return _VARIANT_DOC.format(
+        name=name,
         title=title,
-        keras_sentence=(
-            "It has the arguments, layer\n    names, parameter counts and "
-            f"weights of `keras.applications.{variant}`."
-            if imagenet
-            else "`keras.applications` has no\n    DenseNet of this depth; "
-            "the arguments and layer names are those of\n    its "
-            "DenseNet-121 to -201."
-        ),
-        features=features,
         blocks_text=", ".join(map(str, blocks[:-1])) + f" and {blocks[-1]}",
         blocks_list=list(blocks),
-        paper=paper,
+        keras_sentence=(
+            _IMAGENET_SENTENCE.format(name=name)
+            if imagenet
+            else _NO_IMAGENET_SENTENCE
+        ),
         weights_doc=(
             _IMAGENET_WEIGHTS_DOC if imagenet else _NO_IMAGENET_WEIGHTS_DOC
         ),
+        features=features,
+        paper=paper,
     )
-    return builder
 
 
-DenseNet121 = _variant("DenseNet121", "DenseNet-121")
-DenseNet169 = _variant("DenseNet169", "DenseNet-169")
-DenseNet201 = _variant("DenseNet201", "DenseNet-201")
-DenseNet264 = _variant(
+def DenseNet121(
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    recompute=True,
+    dropout_rate=0.0,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
+    name="densenet121",
+):
+    return DenseNet(
+        (6, 12, 24, 16),
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        recompute=recompute,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+def DenseNet169(
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    recompute=True,
+    dropout_rate=0.0,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
+    name="densenet169",
+):
+    return DenseNet(
+        (6, 12, 32, 32),
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        recompute=recompute,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+def DenseNet201(
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    recompute=True,
+    dropout_rate=0.0,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
+    name="densenet201",
+):
+    return DenseNet(
+        (6, 12, 48, 32),
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        recompute=recompute,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+def DenseNet264(
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    recompute=True,
+    dropout_rate=0.0,
+    batch_norm_momentum=0.99,
+    batch_norm_epsilon=1.001e-5,
+    data_format=None,
+    synchronized=False,
+    name="densenet264",
+):
+    return DenseNet(
+        (6, 12, 64, 48),
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        recompute=recompute,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        batch_norm_epsilon=batch_norm_epsilon,
+        data_format=data_format,
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+DenseNet121.__doc__ = _variant_doc(
+    "DenseNet121", "DenseNet-121", (6, 12, 24, 16)
+)
+DenseNet169.__doc__ = _variant_doc(
+    "DenseNet169", "DenseNet-169", (6, 12, 32, 32)
+)
+DenseNet201.__doc__ = _variant_doc(
+    "DenseNet201", "DenseNet-201", (6, 12, 48, 32)
+)
+DenseNet264.__doc__ = _variant_doc(
     "DenseNet264",
     "DenseNet-264",
-    paper="\n\n    The network Pleiss et al. trained on one 8-GPU workstation "
-    "with their\n    memory-efficient implementation.",
+    (6, 12, 64, 48),
+    imagenet=False,
+    paper=_DENSENET264_PAPER,
 )
 
 

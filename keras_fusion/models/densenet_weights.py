@@ -5,9 +5,10 @@ Our DenseNets name their layers as `keras.applications.densenet` does, so
 that a `keras.applications` DenseNet's weights map one to one:
 `conv2_block1_0_bn` to sublayer `block1_0_bn` of our dense block `conv2`,
 `pool2_conv` to sublayer `conv` of our transition `pool2`, `conv1_bn` to
-sublayer `bn` of our recomputing stem `conv1` (with `recompute=False`, to
-the layer `conv1_bn`), and the stem's convolution, final BatchNorm and
-classifier to the layers of the same name.
+sublayer `bn` of our stem `conv1`, and the stem's convolution, final
+BatchNorm and classifier to the layers of the same name. Our layers are the
+same whatever `recompute` is, so a Keras 3 file of one of our DenseNets
+loads into any other of the same blocks and top.
 """
 
 import contextlib
@@ -53,8 +54,7 @@ def copy_keras_application_weights(source, target):
     Every weight is copied by layer name: `conv2_block1_0_bn` to sublayer
     `block1_0_bn` of our dense block `conv2`, `pool2_conv` to sublayer
     `conv` of our transition `pool2`, `conv1_bn` to sublayer `bn` of our
-    recomputing stem `conv1` (or to our layer `conv1_bn` with
-    `recompute=False`), and the stem's convolution, final BatchNorm and
+    stem `conv1`, and the stem's convolution, final BatchNorm and
     classifier to the layers of the same name.
 
     Example:
@@ -213,10 +213,18 @@ def _load_keras_weights_file(
     the `keras.applications` DenseNet of the same depth and top."""
     layer_keys = _keras_file_layer_keys(path)
     ours = any(k.startswith("memory_efficient_dense_block") for k in layer_keys)
-    if ours or blocks not in _IMAGENET_BLOCKS:
-        _load_own_keras_weights_file(
-            model, path, layer_keys, blocks, include_top, classes, data_format
+    if ours and not any(k.startswith("dense_net_stem") for k in layer_keys):
+        raise ValueError(
+            "`weights` is a weights file of a DenseNet that an earlier "
+            "keras_fusion built with `recompute=False`, whose stem was the "
+            "top-level layers `conv1_bn`, `conv1_relu` and `pool1`; the stem "
+            "is now one layer, `conv1`, whatever `recompute` is. Load the "
+            "file with that version into a model built with "
+            "`recompute=True`, whose files load here, and save that model's "
+            f"weights. Received: weights={path!r}"
         )
+    if ours or blocks not in _IMAGENET_BLOCKS:
+        model.load_weights(path)
         return
     # Keras 3 files are keyed by the model's structure, not by layer names:
     # a keras.applications model's file loads into that model only, and is
@@ -249,43 +257,6 @@ def _load_keras_weights_file(
             f"weights={path!r}, which fits neither"
         ) from error
     copy_keras_application_weights(source, model)
-
-
-def _load_own_keras_weights_file(
-    model, path, layer_keys, blocks, include_top, classes, data_format
-):
-    """Load a Keras 3 weights file of one of our DenseNets into `model`,
-    whichever `recompute` either was built with."""
-    file_has_stem = any(key.startswith("dense_net_stem") for key in layer_keys)
-    model_has_stem = any(
-        isinstance(layer, DenseNetStem) for layer in model.layers
-    )
-    if file_has_stem == model_has_stem:
-        model.load_weights(path)
-        return
-    # `recompute` switches the stem between the plain Keras layers and our
-    # recomputing `DenseNetStem`, and Keras 3 files are keyed by the
-    # model's structure: the file is read into a model of its own
-    # structure, and mapped from there by name.
-    from keras_fusion.models.densenet import DenseNet
-
-    twin = DenseNet(
-        blocks,
-        include_top=include_top,
-        weights=None,
-        input_shape=tuple(model.input_shape[1:]),
-        classes=classes,
-        recompute=file_has_stem,
-        growth_rate=model.get_layer("conv2").growth_rate,
-        data_format=data_format,
-    )
-    twin.load_weights(path)
-    weights = {
-        name: sublayer.get_weights()
-        for layer in twin.layers
-        for sublayer, name in _weight_sources(layer)
-    }
-    _copy_weights_by_name(weights, model, f"weights={path!r}")
 
 
 def _keras_file_layer_keys(path):

@@ -528,20 +528,33 @@ def test_recomputing_model_trains_as_the_plain_model(build, recompute):
         ours.set_weights(plain.get_weights())
 
 
-def test_recompute_switches_the_stem_and_the_transitions():
+def test_recompute_switches_the_kernels_not_the_structure():
+    # The stem is one layer, `conv1`, whatever `recompute` is (unlike
+    # keras.applications' `conv1_bn`, `conv1_relu`, `pool1`), so that
+    # weights map one to one; `recompute` switches its kernel and the
+    # transitions'.
     plain = _small_densenet(False)
-    names = [layer.name for layer in plain.layers]
-    assert {"conv1_bn", "conv1_relu", "pool1"} <= set(names)
-    assert not any(isinstance(layer, DenseNetStem) for layer in plain.layers)
-    for recompute in (True, "full", "concat_bn"):
+    paths = [w.path for w in plain.weights]
+    for recompute, expected in (
+        (False, False),
+        (True, True),
+        ("full", True),
+        ("concat_bn", True),
+    ):
         ours = _small_densenet(recompute)
         stem = ours.get_layer("conv1")
         assert isinstance(stem, DenseNetStem)
+        assert stem.recompute is expected and stem.return_features is True
         assert stem.bn.momentum == 0.99 and stem.bn.epsilon == 1.001e-5
         assert not {"conv1_bn", "conv1_relu", "pool1"} & {
             layer.name for layer in ours.layers
         }
         assert ours.count_params() == plain.count_params()
+        assert [w.path for w in ours.weights] == paths
+        # The stride-2 feature, keras.applications' `conv1_relu` output.
+        assert stem.output[1].shape == (None, 16, 16, 64)
+        encoder = keras.Model(ours.input, stem.output[1])
+        assert encoder.output_shape == (None, 16, 16, 64)
     for model, expected in (
         (plain, False),
         (ours, True),
@@ -555,6 +568,77 @@ def test_recompute_switches_the_stem_and_the_transitions():
         ]
         assert transitions
         assert all(layer.recompute is expected for layer in transitions)
+
+
+def _stride_2_encoder(model, layer_name, index=None):
+    """The model from `model`'s input to a layer's output (its output
+    `index` when it has several)."""
+    output = model.get_layer(layer_name).output
+    return keras.Model(model.input, output if index is None else output[index])
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_stride_2_feature_equals_keras_applications_conv1_relu(
+    source, images, recompute
+):
+    # What a U-Net on DenseNet takes as its first skip: the same tensor,
+    # and the same gradients when a loss uses it alone (the stem's pooled
+    # output then has no gradient).
+    ours = _stride_2_encoder(
+        from_keras_application(source, recompute=recompute), "conv1", 1
+    )
+    # A copy: a training step updates moving statistics, and `source` is
+    # shared.
+    theirs = keras.models.clone_model(_stride_2_encoder(source, "conv1_relu"))
+    theirs.set_weights(_stride_2_encoder(source, "conv1_relu").get_weights())
+    np.testing.assert_allclose(
+        to_numpy(ours(images, training=False)),
+        to_numpy(theirs(images, training=False)),
+        rtol=0,
+        atol=1e-6,
+    )
+    y_ours, g_ours = value_and_grads(ours, images)
+    y_theirs, g_theirs = value_and_grads(theirs, images)
+    np.testing.assert_allclose(y_ours, y_theirs, rtol=0, atol=1e-6)
+    assert len(g_ours) == len(g_theirs) == 4  # input, kernel, gamma, beta
+    for mine, reference in zip(g_ours, g_theirs, strict=True):
+        scale = np.max(np.abs(reference))
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("recompute", [True, "concat_bn"])
+def test_recomputing_model_with_stride_2_feature_trains_as_the_plain_model(
+    recompute,
+):
+    # A loss on the classifier and on the stride-2 feature, as a U-Net's
+    # training sends gradients to both: the feature's gradient joins the
+    # pooling's in the recomputing stem's backward pass.
+    def with_feature(model):
+        return keras.Model(
+            model.input, [model.output, model.get_layer("conv1").output[1]]
+        )
+
+    def loss(outputs):
+        y, features = outputs
+        return _class_weighted_sum(y) + keras.ops.sum(
+            features * keras.ops.sin(features)
+        )
+
+    keras.utils.set_random_seed(0)
+    plain = _randomized(_small_densenet(False))
+    ours = _small_densenet(recompute)
+    ours.set_weights(plain.get_weights())
+    x = np.random.default_rng(2).normal(size=(4, *SHAPE)).astype("float32")
+    y_plain, g_plain = value_and_grads(with_feature(plain), x, loss)
+    y_ours, g_ours = value_and_grads(with_feature(ours), x, loss)
+    for mine, reference in zip(y_ours, y_plain, strict=True):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+    paths = ["input"] + [w.path for w in plain.trainable_weights]
+    scale = max(np.max(np.abs(g)) for g in g_plain)
+    for mine, reference, path in zip(g_ours, g_plain, paths, strict=True):
+        np.testing.assert_allclose(
+            mine, reference, rtol=1e-5, atol=1e-5 * scale, err_msg=path
+        )
 
 
 @tensorflow_only(TF_KERNEL)
@@ -589,7 +673,8 @@ def test_recomputing_model_keras_file_loads(images, tmp_path):
 def test_weights_files_load_whatever_recompute_either_model_has(
     images, tmp_path, saved, loaded
 ):
-    # `recompute` changes the stem's layers, which key a Keras 3 file.
+    # Keras 3 files are keyed by the model's structure, which `recompute`
+    # does not change.
     source = _randomized(_small_densenet(saved))
     path = os.path.join(tmp_path, "densenet.weights.h5")
     source.save_weights(path)
@@ -605,6 +690,42 @@ def test_weights_files_load_whatever_recompute_either_model_has(
         to_numpy(target(images, training=False)),
         to_numpy(source(images, training=False)),
     )
+
+
+def test_densenet_errors_if_weights_file_has_the_old_plain_stem(tmp_path):
+    # An earlier keras_fusion built the stem of `recompute=False` from the
+    # plain Keras layers: its files have our dense blocks but no stem layer.
+    inputs = keras.Input(SHAPE)
+    model = keras.Model(inputs, MemoryEfficientDenseBlock(1, 8)(inputs))
+    path = os.path.join(tmp_path, "old.weights.h5")
+    model.save_weights(path)
+    with pytest.raises(
+        ValueError, match="earlier keras_fusion.*recompute=True"
+    ):
+        DenseNet121(weights=path, input_shape=SHAPE, classes=10)
+
+
+def test_weights_module_does_not_import_the_builders():
+    # `densenet` imports `densenet_weights`; no cycle back.
+    import ast
+    import inspect
+
+    from keras_fusion.models import densenet_weights
+
+    tree = ast.parse(inspect.getsource(densenet_weights))
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not {
+        name for name in imported if name.startswith("keras_fusion.models")
+    }
 
 
 def test_models_use_the_memory_efficient_layers():
