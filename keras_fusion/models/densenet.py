@@ -44,9 +44,9 @@ def DenseNet(
     pooling=None,
     classes=1000,
     classifier_activation="softmax",
+    growth_rate=32,
     recompute=True,
     dropout_rate=0.0,
-    growth_rate=32,
     batch_norm_momentum=0.99,
     batch_norm_epsilon=1.001e-5,
     data_format=None,
@@ -109,13 +109,13 @@ def DenseNet(
         classes: the number of classes, with `include_top`.
         classifier_activation: the activation of the `predictions` layer;
             `None` gives logits.
+        growth_rate: channels each dense layer adds (32 in DenseNet-121 to
+            -264).
         recompute: the dense blocks' recomputation policy: `"full"` (same as
             `True`), `"concat_bn"` or `False` (see
             `MemoryEfficientDenseBlock`); any but `False` also recomputes
             the transitions and the stem.
         dropout_rate: dropout after each dense layer's 3x3 convolution.
-        growth_rate: channels each dense layer adds (32 in DenseNet-121 to
-            -264).
         batch_norm_momentum: the momentum of every BatchNormalization's
             moving statistics; Keras's 0.99 by default, as in
             `keras.applications`. A lower one (0.9) suits short trainings
