@@ -1,3 +1,4 @@
-"""Private helpers of keras_fusion: argument and shape checks, mask fusion,
-serving an export in a fresh process. Not public API: names here may change
-in any release."""
+"""Private helpers under every other package of keras_fusion: argument
+checks (`checks.py`) and static shape helpers with the TorchScript refusal
+(`shapes.py`). They import nothing of keras_fusion. Not public API: names
+here may change in any release."""
