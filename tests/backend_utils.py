@@ -8,6 +8,11 @@ state (BatchNorm moving statistics, dropout seeds) updated, as an eager
 TensorFlow step would.
 """
 
+import os
+import re
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -254,3 +259,25 @@ def _torch(layer, x, loss_fn, jit_compile):
     return _numpy(keras.tree.map_structure(lambda t: t.detach(), y)), _numpy(
         grads
     )
+
+
+def run_with_jax_x64(request):
+    """Run the calling test in a fresh pytest process with JAX_ENABLE_X64=1
+    on the JAX backend; fail unless it ran and passed."""
+    # Already that process: JAX ignored the variable; fail, not recurse.
+    assert os.environ.get("JAX_ENABLE_X64") != "1", "x64 is off in JAX"
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PYTEST_")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", request.node.nodeid, "-q"],
+        cwd=request.config.rootpath,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"\b1 passed\b", result.stdout), result.stdout[-3000:]

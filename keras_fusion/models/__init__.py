@@ -12,8 +12,10 @@ from keras_fusion.models.fc_densenet import FCDenseNet
 from keras_fusion.models.fc_densenet import FCDenseNet56
 from keras_fusion.models.fc_densenet import FCDenseNet67
 from keras_fusion.models.fc_densenet import FCDenseNet103
+from keras_fusion.models.fpn import FPN
 from keras_fusion.models.unet import UNet
 from keras_fusion.models.unet import unet_level_sizes
+from keras_fusion.models.unet_plus_plus import UNetPlusPlus
 
 __all__ = [
     "DenseNet",
@@ -26,7 +28,9 @@ __all__ = [
     "FCDenseNet56",
     "FCDenseNet67",
     "FCDenseNet103",
+    "FPN",
     "UNet",
+    "UNetPlusPlus",
     "copy_keras_application_weights",
     "from_keras_application",
     "unet_level_sizes",

@@ -140,14 +140,21 @@ def classification_head(
     return x
 
 
-def pixel_classifier(x, classes, classifier_activation, data_format, **kwargs):
-    """The 1x1 convolution to `classes` channels, named `output_conv`, that
-    ends a segmentation model, with `classifier_activation` on the channel
-    axis.
+def pixel_classifier(
+    x,
+    classes,
+    classifier_activation,
+    data_format,
+    name="output_conv",
+    **kwargs,
+):
+    """The 1x1 convolution to `classes` channels, named `name`, that ends a
+    segmentation model, with `classifier_activation` on the channel axis.
 
     A `Conv2D`'s activation runs on the last axis, which is the channel
     axis only with `"channels_last"`: with `"channels_first"` a softmax is
-    a `keras.layers.Softmax(axis=1)` named `output_softmax` after a linear
+    a `keras.layers.Softmax(axis=1)` named `output_softmax` (for `name`
+    `output_conv`; else `{name}_softmax`) after a linear
     convolution, and the other activations across channels (log-softmax)
     are refused.
     """
@@ -168,9 +175,38 @@ def pixel_classifier(x, classes, classifier_activation, data_format, **kwargs):
         1,
         activation=None if across_channels else classifier_activation,
         data_format=data_format,
-        name="output_conv",
+        name=name,
         **kwargs,
     )(x)
     if across_channels:
-        x = keras.layers.Softmax(axis=1, name="output_softmax")(x)
+        softmax_name = (
+            "output_softmax" if name == "output_conv" else f"{name}_softmax"
+        )
+        x = keras.layers.Softmax(axis=1, name=softmax_name)(x)
     return x
+
+
+def class_activation(x, classifier_activation, data_format):
+    """`classifier_activation` on the channel axis of class logits `x`,
+    as `pixel_classifier` applies it: a layer named `output_activation`,
+    or `output_softmax` for a softmax over `"channels_first"` channels;
+    `None` returns `x`."""
+    if classifier_activation is None:
+        return x
+    activation = keras.activations.get(classifier_activation)
+    if data_format == "channels_first" and activation in (
+        keras.activations.softmax,
+        keras.activations.log_softmax,
+    ):
+        if activation is keras.activations.log_softmax:
+            raise ValueError(
+                "`classifier_activation='log_softmax'` is not supported "
+                "with data_format='channels_first'; pass "
+                "classifier_activation=None and a loss with "
+                "`from_logits=True`. Received: "
+                f"classifier_activation={classifier_activation!r}"
+            )
+        return keras.layers.Softmax(axis=1, name="output_softmax")(x)
+    return keras.layers.Activation(
+        classifier_activation, name="output_activation"
+    )(x)

@@ -22,6 +22,7 @@ from keras_fusion.models._inputs_and_heads import pixel_classifier
 from keras_fusion.models._inputs_and_heads import source_inputs
 from keras_fusion.models._inputs_and_heads import spatial_sizes
 from keras_fusion.models._recomputed_levels import recomputed_level
+from keras_fusion.models._unet_decoders import unet_on_encoder
 
 
 def unet_level_sizes(size, num_levels=4):
@@ -83,7 +84,9 @@ def unet_level_sizes(size, num_levels=4):
 def UNet(
     num_levels=4,
     filters=64,
-    batch_norm=False,
+    encoder=None,
+    decoder_filters=None,
+    batch_norm=None,
     input_tensor=None,
     input_shape=None,
     classes=2,
@@ -96,7 +99,8 @@ def UNet(
     synchronized=False,
     name="unet",
 ):
-    """The original U-Net with valid convolutions and cropped skips.
+    """The original U-Net with valid convolutions and cropped skips, or the
+    U-Net decoder on a pretrained encoder.
 
     Each encoder level runs two 3x3 valid convolutions with ReLU and a 2x2
     max pooling; each decoder level a 2x2 up-convolution, a `CropAndConcat`
@@ -112,6 +116,18 @@ def UNet(
     model, whose weights it takes in the same order; the price is one more
     forward pass per training step (see
     `benchmarks/results/unet_memory.md`).
+
+    With `encoder`, the model is the U-Net decoder on that encoder's levels
+    `Pk` (stride `2**k`, see `pyramid_outputs`), as segmentation_models
+    builds it: from the deepest level, each decoder level upsamples 2x
+    (nearest), aligns the map to the encoder's level of that stride (or to
+    the input image at stride 1) by cropping or padding, concatenates it
+    with that level (`CropAndConcat`) and runs two 3x3 "same" convolutions
+    with BatchNorm and ReLU, up to the input's stride. The output has the
+    input's spatial size for every size the encoder takes, odd ones
+    included. With `recompute`, each decoder level and each stage of the
+    encoder between two levels (cut out of its graph as a sub-model that
+    shares its weights) runs in `Recompute`.
 
     Example:
 
@@ -131,31 +147,58 @@ def UNet(
     >>> [layer.name for layer in recomputing.layers[1:4]]
     ['encoder0_recompute', 'encoder0_pool', 'encoder1_recompute']
 
+    On a pretrained encoder (here with random weights), at an odd size:
+
+    >>> import keras
+    >>> encoder = keras.applications.ResNet50(
+    ...     include_top=False, weights=None, input_shape=(None, None, 3)
+    ... )
+    >>> model = UNet(encoder=encoder, decoder_filters=8, classes=3)
+    >>> model.predict(keras.ops.zeros((1, 97, 129, 3)), verbose=0).shape
+    (1, 97, 129, 3)
+
     Args:
         num_levels: the number of pooling (and up-convolution) steps, the
             U-Net's depth; 4 in the paper. (Not `depth`, which is
             `DenseNetBC`'s number of layers.)
         filters: the first level's convolution width, doubled at each level
             below it; 64 in the paper, smaller for fast experiments.
+        encoder: `None` (the default) for the paper's U-Net, or the
+            encoder to put the U-Net decoder on: a KerasHub
+            `FeaturePyramidBackbone`, a `keras.applications` model
+            (`include_top=False`), a `keras_fusion.models.DenseNet121` ..
+            `264`, or a dict of levels `{"Pk": tensor}` (see
+            `pyramid_outputs`). Its weights are shared, not copied: freeze
+            it with `encoder.trainable = False`. `num_levels`, `filters`
+            and `input_tensor` are the paper's U-Net's and are refused
+            with it.
+        decoder_filters: with `encoder`, the width of each decoder level,
+            deepest first: one positive int per 2x upsampling from the
+            deepest level to the input's stride, or one int for all;
+            `None` (the default) gives 16 doubled per level, `(256, 128,
+            64, 32, 16)` for five levels as in segmentation_models.
         batch_norm: whether each 3x3 convolution (then without a bias) is
             followed by a `keras.layers.BatchNormalization` (with
             `batch_norm_momentum`, `batch_norm_epsilon` and
-            `synchronized`) before its ReLU. `False` (the default) gives
-            the paper's convolutions with bias and ReLU.
+            `synchronized`) before its ReLU. `None` (the default) is
+            `False` for the paper's U-Net (its convolutions with bias and
+            ReLU) and `True` with `encoder`.
         input_tensor: optional tensor to use as the model's input.
         input_shape: the input shape without the batch axis, channels where
             `data_format` puts them; spatial sizes may be `None`. Defaults
             to `input_tensor`'s shape if it is given, else to the paper's
             one-channel 572x572 image: `(572, 572, 1)`, or `(1, 572, 572)`
-            with `"channels_first"`.
+            with `"channels_first"`; with `encoder`, to the encoder's
+            input shape, whose channels it must keep.
         classes: the number of classes: channels of the output.
         classifier_activation: the activation of the final 1x1 convolution;
             `None` (the default) gives logits.
         recompute: whether each level recomputes its forward pass in the
             backward pass instead of keeping its activations (see above).
         dropout_rate: the rate of a dropout after the bottleneck's second
-            convolution, the end of the contracting path, as in the paper;
-            a float in [0, 1). `0.0` (the default) adds no dropout layer.
+            convolution (with `encoder`, on the deepest level), the end of
+            the contracting path, as in the paper; a float in [0, 1).
+            `0.0` (the default) adds no dropout layer.
         batch_norm_momentum: the momentum of every BatchNorm's moving
             statistics (with `batch_norm=True`).
         batch_norm_epsilon: the epsilon of every BatchNorm (with
@@ -199,10 +242,47 @@ def UNet(
         https://arxiv.org/abs/1505.04597) (Ronneberger et al., MICCAI 2015)
     """
     data_format = standardize_data_format(data_format)
+    if encoder is not None:
+        paper_only = {
+            "num_levels": (num_levels, 4),
+            "filters": (filters, 64),
+            "input_tensor": (input_tensor, None),
+        }
+        for argument, (value, default) in paper_only.items():
+            if value is not default and value != default:
+                raise ValueError(
+                    f"`{argument}` is an argument of the paper's U-Net; "
+                    "with `encoder` the levels are the encoder's and "
+                    "`decoder_filters` sets the decoder's widths. Received: "
+                    f"{argument}={value!r} with encoder={encoder!r}"
+                )
+        return unet_on_encoder(
+            encoder,
+            decoder_filters,
+            True if batch_norm is None else batch_norm,
+            input_shape,
+            classes,
+            classifier_activation,
+            recompute,
+            dropout_rate,
+            batch_norm_momentum,
+            batch_norm_epsilon,
+            data_format,
+            synchronized,
+            name,
+        )
+    if decoder_filters is not None:
+        raise ValueError(
+            "`decoder_filters` sets the widths of the decoder on an "
+            "`encoder`; the paper's U-Net takes `filters`. Received: "
+            f"decoder_filters={decoder_filters!r} without encoder"
+        )
     num_levels = check_positive_int(num_levels, "num_levels")
     filters = check_positive_int(filters, "filters")
     classes = check_positive_int(classes, "classes")
-    batch_norm = check_bool(batch_norm, "batch_norm")
+    batch_norm = check_bool(
+        False if batch_norm is None else batch_norm, "batch_norm"
+    )
     dropout_rate = check_real(
         dropout_rate, "dropout_rate", "a float in [0, 1)", lambda v: 0 <= v < 1
     )

@@ -1,8 +1,4 @@
 import json
-import os
-import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,6 +10,7 @@ from tests.backend_utils import TF_KERNEL
 from tests.backend_utils import compiled_models
 from tests.backend_utils import fit_losses
 from tests.backend_utils import record_recomputations
+from tests.backend_utils import run_with_jax_x64
 from tests.backend_utils import tensorflow_only
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
@@ -167,28 +164,6 @@ def _to_channels_first(x):
     return np.moveaxis(x, -1, 1)
 
 
-def _run_with_jax_x64(request):
-    """Run the calling test in a fresh pytest process with JAX_ENABLE_X64=1
-    on the JAX backend; fail unless it ran and passed."""
-    # Already that process: JAX ignored the variable; fail, not recurse.
-    assert os.environ.get("JAX_ENABLE_X64") != "1", "x64 is off in JAX"
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("PYTEST_")
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", request.node.nodeid, "-q"],
-        cwd=request.config.rootpath,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**env, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert re.search(r"\b1 passed\b", result.stdout), result.stdout[-3000:]
-
-
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize(
     "input_shape, data_format, dtype, rtol",
@@ -209,7 +184,7 @@ def test_outputs_and_gradients_equal_the_plain_block(
             # JAX computes in float32 unless x64 is on, which it reads
             # before it computes anything: this case runs again in a
             # fresh process that turns it on.
-            _run_with_jax_x64(request)
+            run_with_jax_x64(request)
             return
     plain, ours = _pair(
         policy, input_shape, data_format=data_format, dtype=dtype
