@@ -12,6 +12,7 @@ from keras_fusion.models.fc_densenet import FCDenseNet
 from keras_fusion.models.fc_densenet import FCDenseNet56
 from keras_fusion.models.fc_densenet import FCDenseNet67
 from keras_fusion.models.fc_densenet import FCDenseNet103
+from keras_fusion.models.pyramid import pyramid_outputs
 from keras_fusion.models.unet import UNet
 from keras_fusion.models.unet import unet_level_sizes
 
@@ -29,5 +30,6 @@ __all__ = [
     "UNet",
     "copy_keras_application_weights",
     "from_keras_application",
+    "pyramid_outputs",
     "unet_level_sizes",
 ]
