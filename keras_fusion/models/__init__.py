@@ -13,6 +13,7 @@ from keras_fusion.models.fc_densenet import FCDenseNet56
 from keras_fusion.models.fc_densenet import FCDenseNet67
 from keras_fusion.models.fc_densenet import FCDenseNet103
 from keras_fusion.models.fpn import FPN
+from keras_fusion.models.pyramid import pyramid_outputs
 from keras_fusion.models.unet import UNet
 from keras_fusion.models.unet import unet_level_sizes
 from keras_fusion.models.unet_plus_plus import UNetPlusPlus
@@ -33,5 +34,6 @@ __all__ = [
     "UNetPlusPlus",
     "copy_keras_application_weights",
     "from_keras_application",
+    "pyramid_outputs",
     "unet_level_sizes",
 ]
