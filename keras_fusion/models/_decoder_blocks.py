@@ -50,8 +50,7 @@ def check_decoder_filters(decoder_filters, count, model_name):
 def check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(
-            f"`{name}` should be one of {choices}. Received: "
-            f"{name}={value!r}"
+            f"`{name}` should be one of {choices}. Received: {name}={value!r}"
         )
     return value
 
@@ -120,9 +119,7 @@ def encoder_features(info, x, recompute):
             results = [results]
         for tensor, result in zip(stage_outputs, results, strict=True):
             tensors[id(tensor)] = result
-    return {
-        key: tensors[id(level)] for key, level in info.levels.items()
-    }
+    return {key: tensors[id(level)] for key, level in info.levels.items()}
 
 
 def _one_or_list(tensors):

@@ -120,9 +120,7 @@ class EncoderLevels:
         """The spatial size of every row `r = 0 .. deepest` for an input
         of `size`: the level's where there is one, the input's for row 0,
         else twice the next deeper row's."""
-        sizes = dict(
-            zip(self.exponents, self._level_sizes(size), strict=True)
-        )
+        sizes = dict(zip(self.exponents, self._level_sizes(size), strict=True))
         rows = {}
         for r in range(self.deepest, -1, -1):
             if r in sizes:

@@ -146,9 +146,7 @@ def _node(info, blocks, below, same_row, image, r, filters, name):
     return blocks.level(build, inputs if len(inputs) > 1 else below, name)
 
 
-def heads(
-    tops, classes, classifier_activation, data_format, deep_supervision
-):
+def heads(tops, classes, classifier_activation, data_format, deep_supervision):
     """The class maps: one 1x1 convolution `output_conv` on the last top
     node, or with `deep_supervision` one `output_conv_x0_{j}` per top node,
     averaged (`"average"`) or returned as a list (`"outputs"`)."""

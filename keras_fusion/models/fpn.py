@@ -63,8 +63,8 @@ def FPN(
     `classes` by a 1x1 convolution and upsampled 2x at a time (nearest:
     Keras's bilinear `UpSampling2D` fails on TensorFlow for sizes known
     only at run time) to the input's spatial size, aligned on the way to
-    the encoder's shallower levels and the input, for every size the encoder takes, odd ones
-    included.
+    the encoder's shallower levels and the input: for every size the
+    encoder takes, odd ones included.
 
     With `recompute=True` every level of the head (its lateral, fusion
     and segmentation branch), and every stage of the encoder between two
@@ -200,7 +200,10 @@ def FPN(
         upper = rest.pop(0) if upper_exponent is not None else None
         prefix = f"fpn_p{k}"
         p = keras.layers.Conv2D(
-            decoder_filters, 1, data_format=data_format, name=f"{prefix}_lateral"
+            decoder_filters,
+            1,
+            data_format=data_format,
+            name=f"{prefix}_lateral",
         )(feature)
         if upper is not None:
             up = blocks.upsample(upper, 2 ** (upper_exponent - k), prefix)

@@ -30,7 +30,7 @@ unnamed layer or op). `k` stands for the level.
 | Family | Level | Layer |
 |---|---|---|
 | ResNet50V2, ResNet101V2, ResNet152V2 | P1 | `conv1_conv` |
-| | P2-P4 | `conv{k}_block\d+_1_relu` |
+| | P2-P4 | `conv{k}_block\d+_preact_relu` |
 | | P5 | `post_relu` |
 | ResNet50, ResNet101, ResNet152 | P1 | `conv1_relu` |
 | | P2-P5 | `conv{k}_block\d+_out` |
@@ -72,9 +72,11 @@ unnamed layer or op). `k` stands for the level.
 The EfficientNets, MobileNets and VGGs take the last map before each
 stride-2 block (segmentation_models' choice for EfficientNet, MobileNetV2
 and VGG);
-the ResNets, DenseNets and ConvNeXts a stage's output (ResNetV2's
-`_1_relu` in a stage's last block, which holds the stride-2 convolution,
-is still at the stage's stride). EfficientNetV2 comes before EfficientNet,
+the ResNets, DenseNets and ConvNeXts a stage's output (ResNetV2's is
+normalised by the pre-activation of the stage's last block, which holds
+the stride-2 convolution, so the level is that block's `preact_relu`: the
+stage's output after BatchNorm and ReLU, at the stage's stride and
+width). EfficientNetV2 comes before EfficientNet,
 which shares its layer names with other strides; MobileNetV3's maps before
 each stride-2 block, and the last one, are made by layers Keras names
 (`activation_11`, `re_lu_2`) with counters that depend on what else was
@@ -119,9 +121,9 @@ _KERAS_APPLICATIONS = (
         "ResNet50V2, ResNet101V2, ResNet152V2",
         {
             1: "conv1_conv",
-            2: r"conv2_block\d+_1_relu",
-            3: r"conv3_block\d+_1_relu",
-            4: r"conv4_block\d+_1_relu",
+            2: r"conv2_block\d+_preact_relu",
+            3: r"conv3_block\d+_preact_relu",
+            4: r"conv4_block\d+_preact_relu",
             5: "post_relu",
         },
     ),
@@ -254,7 +256,7 @@ def pyramid_outputs(encoder, data_format=None):
     | Family | Level | Layer |
     |---|---|---|
     | ResNet50V2, ResNet101V2, ResNet152V2 | P1 | `conv1_conv` |
-    | | P2-P4 | `conv{k}_block\d+_1_relu` |
+    | | P2-P4 | `conv{k}_block\d+_preact_relu` |
     | | P5 | `post_relu` |
     | ResNet50, ResNet101, ResNet152 | P1 | `conv1_relu` |
     | | P2-P5 | `conv{k}_block\d+_out` |
@@ -575,11 +577,15 @@ def _measured_strides(maps, data_format):
 
 
 def _power_of_two_ratio(size, map_size):
-    """`size / map_size` if it is a power of two, else `None`."""
-    if not map_size or size % map_size:
+    """The power of two `r` with `map_size` within one pixel of
+    `size / r` (an encoder rounds odd sizes up or down at each stride-2
+    step; the roundings never add up to a whole pixel), or `None`."""
+    if not map_size:
         return None
-    ratio = size // map_size
-    return ratio if ratio & (ratio - 1) == 0 else None
+    ratio = 2 ** round(math.log2(size / map_size))
+    if ratio < 1 or abs(map_size * ratio - size) >= ratio:
+        return None
+    return ratio
 
 
 def _probe_input_shape(maps, data_format):

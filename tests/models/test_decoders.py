@@ -1,11 +1,16 @@
 """`UNet(encoder=...)`, `UNetPlusPlus` and `FPN` on pretrained encoders.
 
-Which backend runs what: the whole encoder matrix (output sizes on seven
-encoders at two odd sizes) runs on TensorFlow, where a model builds and
-predicts fastest; JAX and PyTorch run it on two encoders (one
-keras.applications, one KerasHub) and every other test, so that CI stays
-under 45 minutes while each backend checks sizes, errors, recomputation,
-freezing and `.keras` files.
+Which backend runs what, so that CI stays under 45 minutes while each
+backend checks sizes, errors, recomputation, freezing, `.keras` files and
+exports: TensorFlow, where a model builds and runs fastest, runs the whole
+encoder matrix (seven encoders, three decoders, two odd sizes), every
+recomputation comparison and every export. JAX and PyTorch run the
+decoders on KerasHub's ResNet (the matrix's cross-backend row), every
+error and freezing test, and the recomputation comparison, `.keras` file
+and exports of the U-Net: the decoders share their layers (upsampling,
+`AlignTo`, `CropAndConcat`, `FusionSelector`, convolutions), so what
+differs between backends is the encoder's graph and `Recompute`, which
+those tests cover.
 """
 
 import keras
@@ -19,7 +24,6 @@ from keras_fusion.models import UNetPlusPlus
 from tests.backend_utils import BACKEND
 from tests.backend_utils import assert_same_variables
 from tests.backend_utils import reset_unseeded_dropout
-from tests.backend_utils import run_with_jax_x64
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
 from tests.layer_test_case import EXPORT_FORMATS
@@ -28,7 +32,24 @@ from tests.layer_test_case import run_model_export_test
 from tests.models.encoders import ENCODERS
 
 ODD_SIZES = [(97, 129), (57, 75)]
-EVERY_BACKEND = ("mobilenet_v2", "hub_resnet")
+EVERY_BACKEND = ("hub_resnet",)
+OTHER_BACKENDS_SKIP = pytest.mark.backends(
+    "tensorflow",
+    reason="runs on TensorFlow only; JAX and PyTorch run the U-Net's "
+    "(module docstring)",
+)
+IN_FLOAT64 = pytest.mark.backends(
+    "tensorflow",
+    "torch",
+    reason="compared in float64 (the `float64` fixture); JAX compares the "
+    "U-Net on KerasHub's ResNet in float32",
+)
+
+
+def _tensorflow_only_but_unet(decoder):
+    return pytest.param(
+        decoder, marks=[] if decoder == "unet" else [OTHER_BACKENDS_SKIP]
+    )
 
 
 def _unet(encoder, **kwargs):
@@ -54,11 +75,12 @@ def _images(seed, size, batch=1):
 def _families():
     for name in ENCODERS:
         marks = []
-        if BACKEND != "tensorflow" and name not in EVERY_BACKEND:
+        if name not in EVERY_BACKEND:
             marks.append(
-                pytest.mark.skip(
+                pytest.mark.backends(
+                    "tensorflow",
                     reason="the whole encoder matrix runs on TensorFlow "
-                    "(module docstring)"
+                    "(module docstring)",
                 )
             )
         yield pytest.param(name, marks=marks)
@@ -77,9 +99,20 @@ def test_output_has_the_input_size(decoder, family):
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
+def test_static_odd_input_size(decoder):
+    # VGG16 rounds down at every pooling: 201 -> 100 -> 50 -> 25 -> 12 -> 6.
+    encoder = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(201, 203, 3)
+    )
+    model = DECODERS[decoder](encoder, classes=3)
+    assert model.output_shape == (None, 201, 203, 3)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_too_small_input_errors_when_built(decoder):
     encoder = ENCODERS["vgg16"]()
-    with pytest.raises(ValueError, match=r"smallest spatial size is \(32, 32\)"):
+    match = r"smallest spatial size is \(32, 32\)"
+    with pytest.raises(ValueError, match=match):
         DECODERS[decoder](encoder, input_shape=(31, 40, 3))
 
 
@@ -122,9 +155,12 @@ def _pair(decoder, family, **kwargs):
 
 
 @pytest.fixture
-def float64(request):
-    """Build and run the test's models in float64 (JAX: in a fresh process
-    with x64 on; the test body then does not run here).
+def float64():
+    """Build and run the test's models in float64 where the backend computes
+    in float64 as it is (TensorFlow, PyTorch); JAX stays in float32 unless
+    x64 was turned on before it started (a fresh process costs minutes per
+    test here), so the JAX tests take encoders whose float32 comparison
+    is well conditioned.
 
     Recomputation is exact: it runs the same operations on the same
     values. In float32, a gradient summed over many paths (the U-Net++'s
@@ -136,8 +172,8 @@ def float64(request):
         import jax
 
         if not jax.config.jax_enable_x64:
-            run_with_jax_x64(request)
-            pytest.skip("ran in a fresh process with JAX_ENABLE_X64=1")
+            yield
+            return
     floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
@@ -193,22 +229,38 @@ def _assert_same_steps(ours, plain, steps=3, size=(33, 47)):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("decoder", DECODERS)
+@IN_FLOAT64
+@pytest.mark.parametrize(
+    "decoder", [_tensorflow_only_but_unet(d) for d in DECODERS]
+)
 def test_recomputing_decoder_trains_as_the_plain_model(decoder, float64):
     # MobileNetV2's BatchNorms and the decoder's; dropout in the U-Net's
     # bottleneck and the FPN's merge.
     kwargs = {"dropout_rate": 0.5} if decoder != "unet_plus_plus" else {}
     ours, plain = _pair(decoder, "mobilenet_v2", **kwargs)
-    wrappers = [l for l in ours.layers if isinstance(l, Recompute)]
-    assert [l.name for l in wrappers[:5]] == [
-        f"encoder_stage{k}_recompute" for k in range(1, 6)
+    wrappers = [
+        layer.name for layer in ours.layers if isinstance(layer, Recompute)
     ]
+    assert wrappers[:5] == [f"encoder_stage{k}_recompute" for k in range(1, 6)]
     assert len(wrappers) > 5
     _assert_same_steps(ours, plain)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["hub_resnet", "densenet121"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "hub_resnet",
+        pytest.param(
+            "densenet121",
+            marks=pytest.mark.backends(
+                "tensorflow",
+                reason="our DenseNet's kernels are compared with the plain "
+                "block on every backend in tests/layers; here on TensorFlow",
+            ),
+        ),
+    ],
+)
 def test_recomputing_unet_trains_as_the_plain_model_on(family, float64):
     ours, plain = _pair("unet", family)
     _assert_same_steps(ours, plain, steps=2)
@@ -222,9 +274,9 @@ def test_frozen_encoder_keeps_its_weights_and_statistics(recompute):
     model = UNet(encoder=encoder, decoder_filters=8, recompute=recompute)
     encoder.trainable = False
     frozen = {w.path: to_numpy(w) for w in encoder.weights}
-    assert not any(
-        w.path in frozen for w in model.trainable_weights
-    ), "the frozen encoder's weights are still trainable"
+    assert not any(w.path in frozen for w in model.trainable_weights), (
+        "the frozen encoder's weights are still trainable"
+    )
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -241,6 +293,7 @@ def test_frozen_encoder_keeps_its_weights_and_statistics(recompute):
 
 
 @pytest.mark.slow
+@OTHER_BACKENDS_SKIP
 def test_partly_frozen_encoder_recomputes_as_the_plain_model(float64):
     ours, plain = _pair("unet", "mobilenet_v2")
     for encoder_layer_name in ("Conv1", "bn_Conv1", "block_1_expand"):
@@ -259,7 +312,20 @@ def _layer(model, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recompute", [False, True])
-@pytest.mark.parametrize("family", EVERY_BACKEND)
+@pytest.mark.parametrize(
+    "family",
+    [
+        "hub_resnet",
+        pytest.param(
+            "mobilenet_v2",
+            marks=pytest.mark.backends(
+                "tensorflow",
+                reason="one encoder per backend: KerasHub's ResNet "
+                "(module docstring)",
+            ),
+        ),
+    ],
+)
 def test_decoder_reloads_from_a_keras_file(family, recompute, tmp_path):
     keras.utils.set_random_seed(0)
     model = UNet(
@@ -344,7 +410,9 @@ def test_decoder_errors_if_an_argument_is_wrong(build, error, match):
 
 @pytest.mark.slow
 @EXPORT_FORMATS
-@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize(
+    "decoder", [_tensorflow_only_but_unet(d) for d in DECODERS]
+)
 def test_decoder_export_runs_without_keras_fusion(
     decoder, export_format, tmp_path
 ):

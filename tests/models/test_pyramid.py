@@ -32,9 +32,9 @@ APPLICATIONS = {
     ],
     "ResNet50V2": [
         ("P1", "conv1_conv", "output", 64),
-        ("P2", "conv2_block3_1_relu", "output", 64),
-        ("P3", "conv3_block4_1_relu", "output", 128),
-        ("P4", "conv4_block6_1_relu", "output", 256),
+        ("P2", "conv2_block3_preact_relu", "output", 256),
+        ("P3", "conv3_block4_preact_relu", "output", 512),
+        ("P4", "conv4_block6_preact_relu", "output", 1024),
         ("P5", "post_relu", "output", 2048),
     ],
     "DenseNet121": [
@@ -172,12 +172,13 @@ def test_static_input_sizes_are_the_probe():
     assert sizes == [224, 112, 56, 28, 14, 7]
 
 
-def test_pyramid_errors_if_static_input_size_gives_other_strides():
-    # 200 -> 100 -> 50 -> 25 -> 12 -> 6 after each pooling: block5_conv3
-    # is at 12, not 200 / 16.
+def test_static_input_size_not_divisible_by_the_strides():
+    # 200 -> 100 -> 50 -> 25 -> 12 -> 6 after each pooling: each map is
+    # within one pixel of 200 / stride, rounded down.
     encoder = _application("VGG16", input_shape=(200, 200, 3))
-    with pytest.raises(ValueError, match="'P4' should have stride 16"):
-        pyramid_outputs(encoder)
+    levels = pyramid_outputs(encoder)
+    assert list(levels) == ["P0", "P1", "P2", "P3", "P4", "P5"]
+    assert [levels[key].shape[1] for key in levels] == [200, 100, 50, 25, 12, 6]
 
 
 @pytest.fixture(scope="module")
