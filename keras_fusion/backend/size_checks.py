@@ -26,6 +26,14 @@ Why this is backend code and not `keras.ops`:
   `jax.jit`) are read as ints, so the static checks apply to them: slicing
   with a concrete negative start wraps as well.
 
+- TensorFlow's zero padding is a `PadV2` op, not the `Pad` op that
+  `tf.pad` and `keras.ops.pad` emit: with oneDNN on (TensorFlow 2.21, CPUs
+  with AVX-512), a graph in which a `Pad` output is added to a biased
+  convolution's (an FPN lateral fused with the padded level above: Grappler
+  fuses Conv2D + BiasAdd + Add into one oneDNN op) crashes the process
+  with a segmentation fault; with `PadV2` it computes the same sum.
+  `tests/ops/test_padding.py` runs that graph.
+
 JAX traces with static shapes (`jax.jit`) and PyTorch runs eagerly, so
 there the sizes are ints, the static checks catch a wrong size and the
 crop or pad is plain `keras.ops`; a size that JAX traces raises.
@@ -136,11 +144,11 @@ def checked_pad(x, pad_width, name, message, fields):
         fields: the template's fields, as in `checked_slice`.
     """
     if all(isinstance(a, int) for amounts in pad_width for a in amounts):
-        return ops.pad(x, pad_width)
+        return zero_pad(x, pad_width)
     tf = _tensorflow_for_run_time_sizes(fields)
     paddings = tf.stack([tf.stack(amounts) for amounts in pad_width])
     x = _check(x, tf.reduce_all(paddings >= 0), message, fields, name)
-    padded = tf.pad(x, paddings, name=name)
+    padded = zero_pad(x, paddings, name=name)
     # ONNX's Pad crops where an amount is negative, where TensorFlow and
     # LiteRT fail, and converters drop `Assert`: the reshape to the input
     # size plus the amounts' positive parts fails instead.
@@ -150,6 +158,30 @@ def checked_pad(x, pad_width, name, message, fields):
         for a, d in enumerate(padded_shape(x, pad_width))
     ]
     return tf.reshape(padded, tf.stack(expected), name=f"{name}_size")
+
+
+def zero_pad(x, pad_width, name=None):
+    """`x` zero-padded by `pad_width` (`(before, after)` per axis, ints or
+    tensors): `keras.ops.pad`, but a `PadV2` op on TensorFlow (see the
+    module docstring)."""
+    if keras.backend.backend() != "tensorflow":
+        return ops.pad(x, pad_width)
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    if not isinstance(pad_width, tf.Tensor):
+        pad_width = tf.stack(
+            [
+                tf.stack([tf.cast(a, "int32") for a in amounts])
+                for amounts in pad_width
+            ]
+        )
+    return tf.raw_ops.PadV2(
+        input=x,
+        paddings=pad_width,
+        constant_values=tf.zeros([], x.dtype),
+        name=name,
+    )
 
 
 def check_traced_sizes(shapes):

@@ -24,19 +24,13 @@ def check_decoder_filters(decoder_filters, count, model_name):
     `(256, 128, 64, 32, 16)` for five levels)."""
     if decoder_filters is None:
         return tuple(16 * 2**i for i in reversed(range(count)))
-    if isinstance(decoder_filters, numbers.Integral) and not isinstance(
-        decoder_filters, bool
-    ):
-        decoder_filters = (decoder_filters,) * count
+    widths = decoder_filters
+    if _is_positive_int(widths):
+        widths = (widths,) * count
     if (
-        not isinstance(decoder_filters, (list, tuple))
-        or len(decoder_filters) != count
-        or not all(
-            isinstance(f, numbers.Integral)
-            and not isinstance(f, bool)
-            and f > 0
-            for f in decoder_filters
-        )
+        not isinstance(widths, (list, tuple))
+        or len(widths) != count
+        or not all(_is_positive_int(f) for f in widths)
     ):
         raise ValueError(
             f"`decoder_filters` should be a positive int or a list of "
@@ -44,7 +38,15 @@ def check_decoder_filters(decoder_filters, count, model_name):
             f"(one per 2x upsampling, deepest first). Received: "
             f"decoder_filters={decoder_filters!r}"
         )
-    return tuple(int(f) for f in decoder_filters)
+    return tuple(int(f) for f in widths)
+
+
+def _is_positive_int(value):
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value > 0
+    )
 
 
 def check_choice(value, name, choices):

@@ -484,10 +484,10 @@ def _keras_fusion_densenet_levels(encoder):
         return None
     # The stem's second output is the stride-2 ReLU (its first the pooled
     # map): keras.applications' `conv1_relu`.
-    levels = {1: names["conv1"].output[1]}
+    levels = {1: _layer_tensor(encoder, names["conv1"], False, index=1)}
     for level, block in enumerate(blocks, start=2):
-        levels[level] = block.output
-    levels[5] = names["relu"].output
+        levels[level] = _layer_tensor(encoder, block, False)
+    levels[5] = _layer_tensor(encoder, names["relu"], False)
     return "keras_fusion DenseNet", {f"P{k}": v for k, v in levels.items()}
 
 
@@ -502,7 +502,7 @@ def _keras_applications_levels(encoder):
         if None not in layers.values():
             return family, {
                 f"P{level}": _layer_tensor(
-                    layer, isinstance(patterns[level], _InputOf)
+                    encoder, layer, isinstance(patterns[level], _InputOf)
                 )
                 for level, layer in layers.items()
             }
@@ -520,20 +520,30 @@ def _last_layer(encoder, pattern):
     return matches[-1] if matches else None
 
 
-def _layer_tensor(layer, input_of):
-    """The tensor `layer` takes (`input_of`) or gives in the encoder's
-    graph. Read from the call's node: a nested model's `input` and
-    `output` are those of its own graph, not of the encoder's."""
-    nodes = layer._inbound_nodes
+def _layer_tensor(encoder, layer, input_of, index=None):
+    """The tensor `layer` takes (`input_of`) or gives (its output `index`
+    of several) in the encoder's graph. Read from the call's node: a
+    nested model's `input` and `output` are those of its own graph, and a
+    layer that a decoder built on the encoder has called again (a
+    recomputed stage re-applies the encoder's layers) has more nodes than
+    the encoder's own."""
+    graph = getattr(encoder, "_nodes_by_depth", None)
+    if graph is None:
+        nodes = list(layer._inbound_nodes)
+    else:
+        in_graph = {id(node) for depth in graph.values() for node in depth}
+        nodes = [n for n in layer._inbound_nodes if id(n) in in_graph]
     if len(nodes) == 1:
         node = nodes[0]
         tensors = node.input_tensors if input_of else node.output_tensors
+        if index is not None and index < len(tensors):
+            return tensors[index]
         if len(tensors) == 1:
             return tensors[0]
     raise ValueError(
         f"`encoder`'s layer {layer.name!r} should be called once, on one "
         f"tensor, to give a level. {_BY_HAND} Received: a layer called "
-        f"{len(nodes)} times"
+        f"{len(nodes)} times in the encoder"
     )
 
 
@@ -566,7 +576,16 @@ def _measured_strides(maps, data_format):
     probe_shape = _probe_input_shape(maps, data_format)
     axes = spatial_axes(4, data_format)
     strides = {}
-    for key, shape in _probe_shapes(maps, probe_shape).items():
+    try:
+        shapes = _probe_shapes(maps, probe_shape)
+    except ValueError as error:
+        raise ValueError(
+            "`encoder` could not compute its levels on an input of shape "
+            f"{probe_shape} (data_format='{data_format}'): pass the "
+            "`data_format` the encoder was built with. Received: "
+            f"data_format='{data_format}', and the encoder raised: {error}"
+        ) from error
+    for key, shape in shapes.items():
         ratios = {
             _power_of_two_ratio(probe_shape[axis], shape[axis])
             for axis in axes

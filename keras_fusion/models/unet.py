@@ -243,19 +243,23 @@ def UNet(
     """
     data_format = standardize_data_format(data_format)
     if encoder is not None:
-        paper_only = {
-            "num_levels": (num_levels, 4),
-            "filters": (filters, 64),
-            "input_tensor": (input_tensor, None),
-        }
-        for argument, (value, default) in paper_only.items():
-            if value is not default and value != default:
-                raise ValueError(
-                    f"`{argument}` is an argument of the paper's U-Net; "
-                    "with `encoder` the levels are the encoder's and "
-                    "`decoder_filters` sets the decoder's widths. Received: "
-                    f"{argument}={value!r} with encoder={encoder!r}"
-                )
+        paper_only = [
+            (argument, value)
+            for argument, value, unset in (
+                ("num_levels", num_levels, num_levels == 4),
+                ("filters", filters, filters == 64),
+                ("input_tensor", input_tensor, input_tensor is None),
+            )
+            if not unset
+        ]
+        if paper_only:
+            argument, value = paper_only[0]
+            raise ValueError(
+                f"`{argument}` is an argument of the paper's U-Net; with "
+                "`encoder` the levels are the encoder's, `decoder_filters` "
+                "sets the decoder's widths and `input_shape` the input's. "
+                f"Received: {argument}={value!r} with encoder={encoder!r}"
+            )
         return unet_on_encoder(
             encoder,
             decoder_filters,

@@ -29,6 +29,7 @@ from keras_fusion._internal.shapes import refuse_torchscript_trace
 from keras_fusion.backend.size_checks import check_traced_sizes
 from keras_fusion.backend.size_checks import checked_pad
 from keras_fusion.backend.size_checks import with_static_shape
+from keras_fusion.backend.size_checks import zero_pad
 from keras_fusion.ops.cropping import center_crop_offsets
 from keras_fusion.ops.cropping import checked_batch_sizes
 
@@ -246,7 +247,7 @@ def _pad_to_largest(tensors, data_format):
         pad_width = _pad_width(t, largest, data_format)
         if pad_width is not None:
             t = with_static_shape(
-                ops.pad(t, pad_width), padded_shape(t, pad_width)
+                zero_pad(t, pad_width), padded_shape(t, pad_width)
             )
         padded.append(t)
     return padded

@@ -59,6 +59,24 @@ def hub_densenet():
     )
 
 
+def hub_efficientnet():
+    return keras_hub().models.EfficientNetBackbone(
+        stackwise_width_coefficients=[1.0] * 4,
+        stackwise_depth_coefficients=[1.0] * 4,
+        stackwise_kernel_sizes=[3] * 4,
+        stackwise_num_repeats=[1] * 4,
+        stackwise_input_filters=[8] * 4,
+        stackwise_output_filters=[8] * 4,
+        stackwise_expansion_ratios=[1, 2, 2, 2],
+        stackwise_squeeze_and_excite_ratios=[0.0] * 4,
+        stackwise_strides=[2, 2, 2, 2],
+        stackwise_block_types=["v1"] * 4,
+        stackwise_force_input_filters=[0] * 4,
+        stackwise_nores_option=[False] * 4,
+        num_features=16,
+    )
+
+
 ENCODERS = {
     "resnet50": resnet50,
     "mobilenet_v2": mobilenet_v2,
@@ -67,4 +85,5 @@ ENCODERS = {
     "densenet121": our_densenet121,
     "hub_resnet": hub_resnet,
     "hub_densenet": hub_densenet,
+    "hub_efficientnet": hub_efficientnet,
 }

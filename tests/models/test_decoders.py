@@ -3,7 +3,7 @@
 Which backend runs what, so that CI stays under 45 minutes while each
 backend checks sizes, errors, recomputation, freezing, `.keras` files and
 exports: TensorFlow, where a model builds and runs fastest, runs the whole
-encoder matrix (seven encoders, three decoders, two odd sizes), every
+encoder matrix (eight encoders, three decoders, two odd sizes), every
 recomputation comparison and every export. JAX and PyTorch run the
 decoders on KerasHub's ResNet (the matrix's cross-backend row), every
 error and freezing test, and the recomputation comparison, `.keras` file

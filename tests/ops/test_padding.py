@@ -385,3 +385,45 @@ def test_jitted_model_predict_errors_on_a_second_smaller_pad_size():
     )
     with pytest.raises(ValueError, match=PAD_TOO_SMALL):
         model.predict(LARGE, verbose=0)
+
+
+@tensorflow_only("the crash was in TensorFlow's oneDNN fused convolution")
+@pytest.mark.parametrize("align", ["pad", "crop"])
+def test_padded_map_added_to_a_biased_convolution_in_tf_function(align):
+    # An FPN lateral (a 1x1 convolution with bias) fused with the padded
+    # level above. With oneDNN on, Grappler fuses Conv2D + BiasAdd + Add
+    # into one op, which crashed the process (segmentation fault) when the
+    # added map came from a `Pad` op (keras_fusion.backend.size_checks).
+    import tensorflow as tf
+
+    from keras_fusion import FusionSelector
+
+    keras.utils.set_random_seed(0)
+    lateral_input = keras.Input((None, None, 8))
+    above = keras.Input((None, None, 16))
+    convolution = keras.layers.Conv2D(16, 1)
+    lateral = convolution(lateral_input)
+    upsampled = keras.layers.UpSampling2D(2)(above)
+    fused = FusionSelector(mode="add", align=align)([lateral, upsampled])
+    model = keras.Model([lateral_input, above], fused)
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 25, 33, 8), dtype="float32")
+    y = rng.random((1, 12, 16, 16), dtype="float32")
+    traced = tf.function(lambda x, y: model([x, y]))(x, y)
+    # NumPy: the lateral, and the upsampled map zero-padded after (one row
+    # and one column) or the lateral cropped (one before, none after).
+    kernel, bias = (to_numpy(w) for w in convolution.weights)
+    expected_lateral = x @ kernel[0, 0] + bias
+    expected_above = np.repeat(np.repeat(y, 2, axis=1), 2, axis=2)
+    if align == "pad":
+        expected_above = np.pad(
+            expected_above, ((0, 0), (0, 1), (0, 1), (0, 0))
+        )
+    else:
+        expected_lateral = expected_lateral[:, 0:24, 0:32]
+    np.testing.assert_allclose(
+        to_numpy(traced),
+        expected_lateral + expected_above,
+        rtol=1e-5,
+        atol=1e-5,
+    )
