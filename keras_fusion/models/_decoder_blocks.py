@@ -8,7 +8,9 @@ import numbers
 import keras
 
 from keras_fusion._internal.checks import channel_axis
+from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_bool
+from keras_fusion._internal.checks import check_synchronized
 from keras_fusion.layers._align_to import AlignTo
 from keras_fusion.layers.recompute import Recompute
 from keras_fusion.models._encoder_levels import encoder_stages
@@ -129,7 +131,8 @@ def _one_or_list(tensors):
 
 
 class Blocks:
-    """The decoder's layers, with the arguments every block shares."""
+    """The decoder's layers, with the arguments every block shares,
+    checked: `batch_norm`, `recompute`, the BatchNorm settings."""
 
     def __init__(
         self,
@@ -141,11 +144,13 @@ class Blocks:
         recompute,
     ):
         self.batch_norm = check_bool(batch_norm, "batch_norm")
-        self.batch_norm_momentum = batch_norm_momentum
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.synchronized = synchronized
+        self.recompute = check_bool(recompute, "recompute")
+        (
+            self.batch_norm_momentum,
+            self.batch_norm_epsilon,
+        ) = check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon)
+        self.synchronized = check_synchronized(synchronized)
         self.data_format = data_format
-        self.recompute = recompute
 
     def conv(self, x, filters, prefix, k, kernel_size=3):
         """A `kernel_size` "same" convolution, BatchNorm (with

@@ -14,11 +14,8 @@ pathways").
 
 import keras
 
-from keras_fusion._internal.checks import check_batch_norm_arguments
-from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
-from keras_fusion._internal.checks import check_synchronized
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.models._decoder_blocks import Blocks
 from keras_fusion.models._decoder_blocks import check_decoder_filters
@@ -45,14 +42,9 @@ def unet_on_encoder(
 ):
     """`UNet(encoder=...)`: the arguments as `UNet` documents them."""
     classes = check_positive_int(classes, "classes")
-    recompute = check_bool(recompute, "recompute")
     dropout_rate = check_real(
         dropout_rate, "dropout_rate", "a float in [0, 1)", lambda v: 0 <= v < 1
     )
-    batch_norm_momentum, batch_norm_epsilon = check_batch_norm_arguments(
-        batch_norm_momentum, batch_norm_epsilon
-    )
-    synchronized = check_synchronized(synchronized)
     blocks = Blocks(
         batch_norm,
         batch_norm_momentum,
@@ -64,7 +56,7 @@ def unet_on_encoder(
     info = EncoderLevels(encoder, data_format, "UNet")
     widths = check_decoder_filters(decoder_filters, info.deepest, "UNet")
     inputs, x = decoder_input(info, input_shape, "UNet")
-    features = encoder_features(info, x, recompute)
+    features = encoder_features(info, x, blocks.recompute)
     if dropout_rate:
         deepest = list(features)[-1]
         features[deepest] = keras.layers.Dropout(

@@ -10,11 +10,8 @@ Reference:
 import keras
 
 from keras_fusion._internal.checks import channel_axis
-from keras_fusion._internal.checks import check_batch_norm_arguments
-from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
-from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.fusion_selector import FusionSelector
 from keras_fusion.models._decoder_blocks import Blocks
@@ -151,14 +148,9 @@ def FPN(
     fusion = check_choice(fusion, "fusion", FUSIONS)
     merge = check_choice(merge, "merge", MERGES)
     classes = check_positive_int(classes, "classes")
-    recompute = check_bool(recompute, "recompute")
     dropout_rate = check_real(
         dropout_rate, "dropout_rate", "a float in [0, 1)", lambda v: 0 <= v < 1
     )
-    batch_norm_momentum, batch_norm_epsilon = check_batch_norm_arguments(
-        batch_norm_momentum, batch_norm_epsilon
-    )
-    synchronized = check_synchronized(synchronized)
     blocks = Blocks(
         batch_norm,
         batch_norm_momentum,
@@ -169,7 +161,7 @@ def FPN(
     )
     info = EncoderLevels(encoder, data_format, "FPN")
     inputs, image = decoder_input(info, input_shape, "FPN")
-    features = encoder_features(info, image, recompute)
+    features = encoder_features(info, image, blocks.recompute)
     # The pyramid starts at stride 4; shallower levels only set the sizes
     # the class map is aligned to on its way to the input's.
     exponents = [k for k in info.exponents if k >= 2] or info.exponents[-1:]

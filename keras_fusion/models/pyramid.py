@@ -20,54 +20,8 @@ Each level's stride is measured on the encoder's graph (its input's static
 sizes, or a probe size where they are `None`) and checked: a wrong level
 never leaves this module silently.
 
-`keras.applications` families, tried in this order; a family is recognized
-when every one of its patterns fullmatches a layer name. A level is the
-output of the last layer in `encoder.layers` order whose name fullmatches
-the pattern, or, for "input of", the tensor that layer is called on (the
-input of a stride-2 convolution, where the map before it is made by an
-unnamed layer or op). `k` stands for the level.
-
-| Family | Level | Layer |
-|---|---|---|
-| ResNet50V2, ResNet101V2, ResNet152V2 | P1 | `conv1_conv` |
-| | P2-P4 | `conv{k}_block\d+_preact_relu` |
-| | P5 | `post_relu` |
-| ResNet50, ResNet101, ResNet152 | P1 | `conv1_relu` |
-| | P2-P5 | `conv{k}_block\d+_out` |
-| DenseNet121, DenseNet169, DenseNet201 | P1 | `conv1_relu` |
-| | P2-P4 | `conv{k}_block\d+_concat` |
-| | P5 | `relu` |
-| EfficientNetV2B0-B3, S, M, L | P1 | input of `block2a_expand_conv` |
-| | P2 | input of `block3a_expand_conv` |
-| | P3 | input of `block4a_dwconv2` |
-| | P4 | input of `block6a_dwconv2` |
-| | P5 | `top_activation` |
-| EfficientNetB0-B7 | P1 | `block2a_expand_activation` |
-| | P2 | `block3a_expand_activation` |
-| | P3 | `block4a_expand_activation` |
-| | P4 | `block6a_expand_activation` |
-| | P5 | `top_activation` |
-| MobileNetV2 | P1 | `block_1_expand_relu` |
-| | P2 | `block_3_expand_relu` |
-| | P3 | `block_6_expand_relu` |
-| | P4 | `block_13_expand_relu` |
-| | P5 | `out_relu` |
-| MobileNetV3Small | P1 | input of `expanded_conv_depthwise_pad` |
-| | P2 | input of `expanded_conv_1_depthwise_pad` |
-| | P3 | input of `expanded_conv_3_depthwise_pad` |
-| | P4 | input of `expanded_conv_8_depthwise_pad` |
-| | P5 | `(activation\|re_lu)(_\d+)?` |
-| MobileNetV3Large | P1 | input of `expanded_conv_1_depthwise_pad` |
-| | P2 | input of `expanded_conv_3_depthwise_pad` |
-| | P3 | input of `expanded_conv_6_depthwise_pad` |
-| | P4 | input of `expanded_conv_12_depthwise_pad` |
-| | P5 | `(activation\|re_lu)(_\d+)?` |
-| ConvNeXtTiny-XLarge | P2-P4 | input of `.*_downsampling_block_{k-2}` |
-| | P5 | input of `layer_normalization(_\d+)?` |
-| VGG16, VGG19 | P0 | `block1_conv2` |
-| | P1 | `block2_conv2` |
-| | P2-P4 | `block{k+1}_conv\d+` |
-| | P5 | `block5_pool` |
+`keras.applications` families: the table in `pyramid_outputs`'s
+docstring, which is where the layer names are documented for users.
 
 The EfficientNets, MobileNets and VGGs take the last map before each
 stride-2 block (segmentation_models' choice for EfficientNet, MobileNetV2

@@ -7,10 +7,7 @@ Reference:
 
 import keras
 
-from keras_fusion._internal.checks import check_batch_norm_arguments
-from keras_fusion._internal.checks import check_bool
 from keras_fusion._internal.checks import check_positive_int
-from keras_fusion._internal.checks import check_synchronized
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.models._decoder_blocks import Blocks
 from keras_fusion.models._decoder_blocks import check_choice
@@ -129,14 +126,9 @@ def UNetPlusPlus(
     """
     data_format = standardize_data_format(data_format)
     classes = check_positive_int(classes, "classes")
-    recompute = check_bool(recompute, "recompute")
     deep_supervision = check_choice(
         deep_supervision, "deep_supervision", DEEP_SUPERVISION
     )
-    batch_norm_momentum, batch_norm_epsilon = check_batch_norm_arguments(
-        batch_norm_momentum, batch_norm_epsilon
-    )
-    synchronized = check_synchronized(synchronized)
     blocks = Blocks(
         batch_norm,
         batch_norm_momentum,
@@ -150,7 +142,7 @@ def UNetPlusPlus(
         decoder_filters, info.deepest, "UNetPlusPlus"
     )
     inputs, x = decoder_input(info, input_shape, "UNetPlusPlus")
-    features = encoder_features(info, x, recompute)
+    features = encoder_features(info, x, blocks.recompute)
     tops = build_rows(info, features, x, blocks, widths, nested=True)
     outputs = heads(
         tops, classes, classifier_activation, data_format, deep_supervision

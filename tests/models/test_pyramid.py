@@ -10,6 +10,7 @@ from keras_fusion.models import from_keras_application
 from keras_fusion.models import pyramid_outputs
 from keras_fusion.models.pyramid import pyramid_source_inputs
 from tests.backend_utils import to_numpy
+from tests.models.encoders import hub_efficientnet
 
 PROBE = (1, 128, 128, 3)
 # Per family: the level, the layer whose output (or, with "input", whose
@@ -425,21 +426,7 @@ def _resnet(keras_hub):
 
 
 def _efficientnet(keras_hub):
-    return keras_hub.models.EfficientNetBackbone(
-        stackwise_width_coefficients=[1.0] * 4,
-        stackwise_depth_coefficients=[1.0] * 4,
-        stackwise_kernel_sizes=[3] * 4,
-        stackwise_num_repeats=[1] * 4,
-        stackwise_input_filters=[8] * 4,
-        stackwise_output_filters=[8] * 4,
-        stackwise_expansion_ratios=[1, 2, 2, 2],
-        stackwise_squeeze_and_excite_ratios=[0.0] * 4,
-        stackwise_strides=[2, 2, 2, 2],
-        stackwise_block_types=["v1"] * 4,
-        stackwise_force_input_filters=[0] * 4,
-        stackwise_nores_option=[False] * 4,
-        num_features=16,
-    )
+    return hub_efficientnet()
 
 
 def _densenet(keras_hub):
