@@ -191,7 +191,10 @@ def _assert_same_steps(ours, plain, steps=3, size=(33, 47)):
     of a linear convolution and another BatchNorm, as in MobileNetV2's
     blocks) has a "scale" of float64 noise; it must stay below 1e-9 of the
     largest gradient in both models instead."""
-    optimizer = keras.optimizers.SGD(1e-3)
+    # The weighted loss sums thousands of pixels: a larger step sends
+    # MobileNetV2's BatchNorms to NaN by the second step under PyTorch,
+    # where NaNs would compare equal.
+    optimizer = keras.optimizers.SGD(1e-4)
     order = [w.path for w in plain.trainable_weights]
     ours_order = [w.path for w in ours.trainable_weights]
     for step in range(steps):
@@ -200,6 +203,7 @@ def _assert_same_steps(ours, plain, steps=3, size=(33, 47)):
         y_plain, g_plain = value_and_grads(plain, images)
         reset_unseeded_dropout(step)
         y_ours, g_ours = value_and_grads(ours, images)
+        assert all(np.all(np.isfinite(g)) for g in [y_plain, *g_plain])
         np.testing.assert_allclose(y_ours, y_plain, rtol=1e-5, atol=1e-6)
         mine = dict(zip(["input", *ours_order], g_ours, strict=True))
         largest = max(np.max(np.abs(g)) for g in g_plain)
