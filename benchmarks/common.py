@@ -12,6 +12,7 @@ oneDNN on there: on a CPU only oneDNN's allocator keeps statistics (see
 """
 
 import json
+import math
 import os
 import platform
 import sys
@@ -110,6 +111,59 @@ def fit_line(points):
         (x - mean_x) ** 2 for x, _ in points
     )
     return mean_y - b * mean_x, b
+
+
+def largest_square_side(a, b, variable_bytes, capacity):
+    """The largest square side `s` whose training step (a peak fitted as
+    `a + b * s**2`, on top of the variables and the float32 RGB input)
+    fits in `capacity`; `None` when the fitted slope is not positive
+    (sizes too close for the fit to see the activations grow)."""
+    per_pixel = b + 3 * 4
+    if per_pixel <= 0:
+        return None
+    room = capacity - variable_bytes - a
+    return max(0, int(math.sqrt(room / per_pixel))) if room > 0 else 0
+
+
+def plot_peak_fits(points, fits, capacity, title, path):
+    """Measured peaks (`points[implementation][side]`) and fitted lines
+    (`fits[implementation] = (a, b)`) against the square input side, with
+    the `capacity` line, saved to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for implementation in points:
+        sides = sorted(points[implementation])
+        peaks = [points[implementation][s] / 2**20 for s in sides]
+        label = "plain" if implementation == "plain" else "recompute=True"
+        line = axes.plot(sides, peaks, "o", label=label)[0]
+        a, b = fits[implementation]
+        grid = range(min(sides) // 2, max(sides) * 3 // 2 + 1, 8)
+        axes.plot(
+            grid,
+            [(a + b * s * s) / 2**20 for s in grid],
+            "--",
+            color=line.get_color(),
+            alpha=0.6,
+        )
+    axes.axhline(capacity / 2**20, color="grey", lw=0.8)
+    axes.text(
+        min(sides) // 2,
+        capacity / 2**20 * 1.02,
+        f"{capacity / 2**30:.0f} GiB",
+        color="grey",
+    )
+    axes.set_xlabel("square input side (pixels), batch 1")
+    axes.set_ylabel("training-step peak (MB)")
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 def allocators(runs):

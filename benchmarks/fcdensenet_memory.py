@@ -23,7 +23,6 @@ warm-up. Writes `benchmarks/results/fcdensenet_memory.{md,json,png}`
 """
 
 import argparse
-import math
 import os
 import statistics
 
@@ -31,6 +30,8 @@ from benchmarks.common import RESULTS_DIR
 from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import fit_line
+from benchmarks.common import largest_square_side
+from benchmarks.common import plot_peak_fits
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
@@ -110,47 +111,6 @@ def _compare(runs, size, batch):
     return rows
 
 
-def _largest_side(a, b, variable_bytes, capacity):
-    """The largest square side `s` whose step (peak `a + b * s**2`, on top
-    of the variables and the float32 RGB input) fits in `capacity`."""
-    per_pixel = b + 3 * 4
-    room = capacity - variable_bytes - a
-    return max(0, int(math.sqrt(room / per_pixel))) if room > 0 else 0
-
-
-def plot(points, fits, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for implementation in IMPLEMENTATIONS:
-        sides = sorted(points[implementation])
-        peaks = [points[implementation][s] / 2**20 for s in sides]
-        label = "plain" if implementation == "plain" else "recompute=True"
-        line = axes.plot(sides, peaks, "o", label=label)[0]
-        a, b = fits[implementation]
-        grid = range(min(sides) // 2, max(sides) * 3 // 2 + 1, 8)
-        axes.plot(
-            grid,
-            [(a + b * s * s) / 2**20 for s in grid],
-            "--",
-            color=line.get_color(),
-            alpha=0.6,
-        )
-    axes.axhline(CAPACITY / 2**20, color="grey", lw=0.8)
-    axes.text(min(sides) // 2, CAPACITY / 2**20 * 1.02, "4 GiB", color="grey")
-    axes.set_xlabel("square input side (pixels), batch 1")
-    axes.set_ylabel("training-step peak (MB)")
-    axes.set_title("FC-DenseNet103: peak training memory")
-    axes.set_ylim(bottom=0)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -210,14 +170,15 @@ def main():
             ]
         )
         fits[implementation] = (a, b)
-        side = _largest_side(a, b, variable_bytes, CAPACITY)
+        side = largest_square_side(a, b, variable_bytes, CAPACITY)
         measured_peaks = ", ".join(
             f"{s}: {p / 2**20:.0f}"
             for s, p in sorted(points[implementation].items())
         )
+        square = "none (slope <= 0)" if side is None else f"{side}x{side}"
         fit_rows.append(
             f"| {implementation} | {measured_peaks} | {a / 2**20:.0f} | "
-            f"{b * 1e6 / 2**20:.0f} | {side}x{side} |"
+            f"{b * 1e6 / 2**20:.0f} | {square} |"
         )
         fit_results.append(
             {
@@ -273,7 +234,13 @@ def main():
         "variable_bytes": variable_bytes,
     }
     write_results("fcdensenet_memory", header, table, data, args.results_dir)
-    plot(points, fits, os.path.join(args.results_dir, "fcdensenet_memory.png"))
+    plot_peak_fits(
+        points,
+        fits,
+        CAPACITY,
+        "FC-DenseNet103: peak training memory",
+        os.path.join(args.results_dir, "fcdensenet_memory.png"),
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ warm-up. Writes `benchmarks/results/segmentation_memory.{md,json,png}`
 """
 
 import argparse
-import math
 import os
 import statistics
 
@@ -42,6 +41,8 @@ from benchmarks.common import RESULTS_DIR
 from benchmarks.common import allocators
 from benchmarks.common import environment
 from benchmarks.common import fit_line
+from benchmarks.common import largest_square_side
+from benchmarks.common import plot_peak_fits
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
 from benchmarks.common import write_results
@@ -195,51 +196,6 @@ def _against_unet(runs, unet_plain, side, batch):
     )
 
 
-def _largest_side(a, b, variable_bytes, capacity):
-    """The largest square side `s` whose step (peak `a + b * s**2`, on top
-    of the variables and the float32 RGB input) fits in `capacity`;
-    `None` when the fitted slope is not positive (sizes too close for
-    the fit to see the activations grow)."""
-    per_pixel = b + 3 * 4
-    if per_pixel <= 0:
-        return None
-    room = capacity - variable_bytes - a
-    return max(0, int(math.sqrt(room / per_pixel))) if room > 0 else 0
-
-
-def plot(points, fits, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for implementation in IMPLEMENTATIONS:
-        sides = sorted(points[implementation])
-        peaks = [points[implementation][s] / 2**20 for s in sides]
-        label = "plain" if implementation == "plain" else "recompute=True"
-        line = axes.plot(sides, peaks, "o", label=label)[0]
-        a, b = fits[implementation]
-        grid = range(min(sides) // 2, max(sides) * 3 // 2 + 1, 8)
-        axes.plot(
-            grid,
-            [(a + b * s * s) / 2**20 for s in grid],
-            "--",
-            color=line.get_color(),
-            alpha=0.6,
-        )
-    axes.axhline(CAPACITY / 2**20, color="grey", lw=0.8)
-    axes.text(min(sides) // 2, CAPACITY / 2**20 * 1.02, "4 GiB", color="grey")
-    axes.set_xlabel("square input side (pixels), batch 1")
-    axes.set_ylabel("training-step peak (MB)")
-    axes.set_title("UNet(encoder=ResNet50): peak training memory")
-    axes.set_ylim(bottom=0)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
 def _target_row(what, ratios, target):
     measured = ", ".join(f"{r:.3f}" for r in ratios)
     holds = statistics.median(ratios) <= target
@@ -336,7 +292,7 @@ def main():
             [(s * s, peak) for s, peak in points[implementation].items()]
         )
         fits[implementation] = (a, b)
-        largest = _largest_side(a, b, variable_bytes, CAPACITY)
+        largest = largest_square_side(a, b, variable_bytes, CAPACITY)
         measured_peaks = ", ".join(
             f"{s}: {p / 2**20:.0f}"
             for s, p in sorted(points[implementation].items())
@@ -432,9 +388,11 @@ def main():
         "variable_bytes": variable_bytes,
     }
     write_results("segmentation_memory", header, table, data, args.results_dir)
-    plot(
+    plot_peak_fits(
         points,
         fits,
+        CAPACITY,
+        "UNet(encoder=ResNet50): peak training memory",
         os.path.join(args.results_dir, "segmentation_memory.png"),
     )
 

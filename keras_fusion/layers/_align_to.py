@@ -1,6 +1,5 @@
 import keras
 
-from keras_fusion._internal.checks import check_feature_map
 from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.ops.cropping import center_crop_to
@@ -51,12 +50,15 @@ class AlignTo(keras.layers.Layer):
         self.method = method
         self.data_format = standardize_data_format(data_format)
 
+    def build(self, input_shape):
+        self._spatial_axes = spatial_axes(len(input_shape[1]), self.data_format)
+
     def call(self, inputs):
         x, reference = inputs
         if self.method == "crop":
             return center_crop_to(x, reference, self.data_format)
         shape = keras.ops.shape(reference)
-        size = [shape[axis] for axis in self._axes(reference)]
+        size = [shape[axis] for axis in self._spatial_axes]
         return center_pad(x, size, self.data_format)
 
     def compute_output_shape(self, input_shape):
@@ -70,8 +72,3 @@ class AlignTo(keras.layers.Layer):
         config = super().get_config()
         config.update({"method": self.method, "data_format": self.data_format})
         return config
-
-    def _axes(self, reference):
-        return spatial_axes(
-            check_feature_map(reference, "reference"), self.data_format
-        )

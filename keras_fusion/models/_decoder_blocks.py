@@ -3,8 +3,6 @@
 applied to it (whole, or stage by stage in `Recompute`), the 3x3
 convolution blocks and the decoder levels."""
 
-import numbers
-
 import keras
 
 from keras_fusion._internal.checks import channel_axis
@@ -16,6 +14,7 @@ from keras_fusion.layers.recompute import Recompute
 from keras_fusion.models._encoder_levels import encoder_stages
 from keras_fusion.models._inputs_and_heads import check_input_size
 from keras_fusion.models._inputs_and_heads import image_input_shape
+from keras_fusion.models._inputs_and_heads import is_positive_int
 from keras_fusion.models._inputs_and_heads import spatial_sizes
 from keras_fusion.models._recomputed_levels import recomputed_level
 
@@ -27,12 +26,12 @@ def check_decoder_filters(decoder_filters, count, model_name):
     if decoder_filters is None:
         return tuple(16 * 2**i for i in reversed(range(count)))
     widths = decoder_filters
-    if _is_positive_int(widths):
+    if is_positive_int(widths):
         widths = (widths,) * count
     if (
         not isinstance(widths, (list, tuple))
         or len(widths) != count
-        or not all(_is_positive_int(f) for f in widths)
+        or not all(is_positive_int(f) for f in widths)
     ):
         raise ValueError(
             f"`decoder_filters` should be a positive int or a list of "
@@ -41,14 +40,6 @@ def check_decoder_filters(decoder_filters, count, model_name):
             f"decoder_filters={decoder_filters!r}"
         )
     return tuple(int(f) for f in widths)
-
-
-def _is_positive_int(value):
-    return (
-        isinstance(value, numbers.Integral)
-        and not isinstance(value, bool)
-        and value > 0
-    )
 
 
 def check_choice(value, name, choices):

@@ -44,8 +44,8 @@ def image_input_shape(input_shape, default, data_format):
     input_shape = tuple(input_shape)
     channels = input_shape[0 if data_format == "channels_first" else -1]
     spatial = spatial_sizes(input_shape, data_format)
-    if not _is_positive_int(channels) or not all(
-        size is None or _is_positive_int(size) for size in spatial
+    if not is_positive_int(channels) or not all(
+        size is None or is_positive_int(size) for size in spatial
     ):
         raise ValueError(
             f"`input_shape` should be {order} for data_format="
@@ -56,7 +56,7 @@ def image_input_shape(input_shape, default, data_format):
     return tuple(None if s is None else int(s) for s in input_shape)
 
 
-def _is_positive_int(value):
+def is_positive_int(value):
     return (
         isinstance(value, numbers.Integral)
         and not isinstance(value, bool)
@@ -104,8 +104,37 @@ def source_inputs(input_tensor, inputs):
     Keras's warning about the structure of its inputs."""
     if input_tensor is None:
         return inputs
-    sources = keras.utils.get_source_inputs(input_tensor)
+    sources = source_tensors([input_tensor])
     return sources[0] if len(sources) == 1 else sources
+
+
+def source_tensors(tensors):
+    """The source inputs of `tensors`, each once, in the order
+    `keras.utils.get_source_inputs` gives them.
+
+    `keras.utils.get_source_inputs` follows every path of the graph back to
+    the inputs, and a graph of residual blocks has 2**blocks of them
+    (ResNet101's 33 blocks take hours); this walk visits each tensor once.
+    """
+    sources = {}
+    seen = set()
+    stack = list(reversed(tensors))
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        operation, node_index, _ = tensor._keras_history
+        if not operation or not operation._inbound_nodes:
+            sources.setdefault(id(tensor), tensor)
+            continue
+        node = operation._inbound_nodes[node_index]
+        if node.is_input:
+            for source in node.output_tensors:
+                sources.setdefault(id(source), source)
+        else:
+            stack.extend(reversed(node.input_tensors))
+    return list(sources.values())
 
 
 def check_pooling(pooling):
@@ -158,18 +187,9 @@ def pixel_classifier(
     convolution, and the other activations across channels (log-softmax)
     are refused.
     """
-    activation = keras.activations.get(classifier_activation)
-    across_channels = data_format == "channels_first" and activation in (
-        keras.activations.softmax,
-        keras.activations.log_softmax,
+    across_channels = _softmax_across_channels(
+        classifier_activation, data_format
     )
-    if across_channels and activation is keras.activations.log_softmax:
-        raise ValueError(
-            "`classifier_activation='log_softmax'` is not supported with "
-            "data_format='channels_first'; pass classifier_activation=None "
-            "and a loss with `from_logits=True`. Received: "
-            f"classifier_activation={classifier_activation!r}"
-        )
     x = keras.layers.Conv2D(
         classes,
         1,
@@ -193,20 +213,27 @@ def class_activation(x, classifier_activation, data_format):
     `None` returns `x`."""
     if classifier_activation is None:
         return x
-    activation = keras.activations.get(classifier_activation)
-    if data_format == "channels_first" and activation in (
-        keras.activations.softmax,
-        keras.activations.log_softmax,
-    ):
-        if activation is keras.activations.log_softmax:
-            raise ValueError(
-                "`classifier_activation='log_softmax'` is not supported "
-                "with data_format='channels_first'; pass "
-                "classifier_activation=None and a loss with "
-                "`from_logits=True`. Received: "
-                f"classifier_activation={classifier_activation!r}"
-            )
+    if _softmax_across_channels(classifier_activation, data_format):
         return keras.layers.Softmax(axis=1, name="output_softmax")(x)
     return keras.layers.Activation(
         classifier_activation, name="output_activation"
     )(x)
+
+
+def _softmax_across_channels(classifier_activation, data_format):
+    """Whether `classifier_activation` is a softmax that a layer's last
+    axis would get wrong (`"channels_first"`); a log-softmax there is
+    refused."""
+    activation = keras.activations.get(classifier_activation)
+    across_channels = data_format == "channels_first" and activation in (
+        keras.activations.softmax,
+        keras.activations.log_softmax,
+    )
+    if across_channels and activation is keras.activations.log_softmax:
+        raise ValueError(
+            "`classifier_activation='log_softmax'` is not supported with "
+            "data_format='channels_first'; pass classifier_activation=None "
+            "and a loss with `from_logits=True`. Received: "
+            f"classifier_activation={classifier_activation!r}"
+        )
+    return across_channels

@@ -50,6 +50,7 @@ from keras_fusion._internal.checks import spatial_axes
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers._densenet_stem import DenseNetStem
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
+from keras_fusion.models._inputs_and_heads import source_tensors
 
 # The spatial size of the probe input where the encoder's is `None`: a
 # multiple of the largest stride checked, at least 8 times it.
@@ -329,7 +330,7 @@ def pyramid_source_inputs(levels):
     """The source input(s) of a dict of levels: one tensor if there is one,
     else a list (`keras.utils.get_source_inputs` over every level, in
     order), for a `keras.Model` on those levels."""
-    sources = _source_inputs(list(levels.values()))
+    sources = source_tensors(list(levels.values()))
     return sources[0] if len(sources) == 1 else sources
 
 
@@ -359,7 +360,7 @@ def _levels_by_hand(levels, data_format):
                 f"encoder[{key!r}] of shape {value.shape}"
             )
     sources = {
-        key: {id(source) for source in _source_inputs([value])}
+        key: {id(source) for source in source_tensors([value])}
         for key, value in levels.items()
     }
     first = next(iter(levels))
@@ -564,7 +565,7 @@ def _power_of_two_ratio(size, map_size):
 def _probe_input_shape(maps, data_format):
     """The concrete input shape the strides are measured on: batch 1, the
     input's static sizes, `_PROBE_SIZE` or more where they are `None`."""
-    sources = _source_inputs(list(maps.values()))
+    sources = source_tensors(list(maps.values()))
     if len(sources) != 1 or len(sources[0].shape) != 4:
         raise ValueError(
             "`encoder`'s maps should be computed from one image input of "
@@ -589,39 +590,10 @@ def _probe_input_shape(maps, data_format):
 def _probe_shapes(maps, probe_shape):
     """The shape of each map on an input of `probe_shape`, from the
     encoder's graph run on shapes alone."""
-    sources = _source_inputs(list(maps.values()))
+    sources = source_tensors(list(maps.values()))
     probe = keras.Model(sources[0], list(maps.values()))
     shapes = probe.compute_output_shape(probe_shape)
     return {key: tuple(shape) for key, shape in zip(maps, shapes, strict=True)}
-
-
-def _source_inputs(tensors):
-    """The source inputs of `tensors`, each once, in the order
-    `keras.utils.get_source_inputs` gives them.
-
-    `keras.utils.get_source_inputs` follows every path of the graph back to
-    the inputs, and a graph of residual blocks has 2**blocks of them
-    (ResNet101's 33 blocks take hours); this walk visits each tensor once.
-    """
-    sources = {}
-    seen = set()
-    stack = list(reversed(tensors))
-    while stack:
-        tensor = stack.pop()
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        operation, node_index, _ = tensor._keras_history
-        if not operation or not operation._inbound_nodes:
-            sources.setdefault(id(tensor), tensor)
-            continue
-        node = operation._inbound_nodes[node_index]
-        if node.is_input:
-            for source in node.output_tensors:
-                sources.setdefault(id(source), source)
-        else:
-            stack.extend(reversed(node.input_tensors))
-    return list(sources.values())
 
 
 def _sorted(levels):
