@@ -30,6 +30,7 @@ NOTEBOOKS = [
     "05_memory_efficient_densenet.ipynb",
     "06_export.ipynb",
     "07_tiramisu.ipynb",
+    "08_pretrained_encoders.ipynb",
 ]
 # Figures (PNG outputs) each notebook commits.
 FIGURES = {
@@ -37,6 +38,7 @@ FIGURES = {
     "04_add_vs_concat.ipynb": 1,
     "05_memory_efficient_densenet.ipynb": 1,
     "07_tiramisu.ipynb": 2,
+    "08_pretrained_encoders.ipynb": 1,
 }
 KERNEL_NAME = "keras-fusion-tests"
 CELL_TIMEOUT = 600
@@ -207,10 +209,16 @@ def test_committed_notebook_shows_the_seed_outputs(name):
 
 
 # Notebooks that teach TensorFlow artifacts: TensorFlow's allocator peaks
-# (05) and SavedModel export (06). The others run under every backend.
+# (05) and SavedModel export (06); and 08, which fine-tunes two U-Nets for
+# minutes, where tests/models/test_decoders.py runs the decoders, their
+# recomputation and freezing under every backend. The others run under
+# every backend.
 TENSORFLOW_NOTEBOOKS = {
     "05_memory_efficient_densenet.ipynb": "measures TensorFlow's allocator",
     "06_export.ipynb": "exports and serves a SavedModel",
+    "08_pretrained_encoders.ipynb": "fine-tunes two U-Nets for minutes; "
+    "tests/models/test_decoders.py runs the decoders on every backend, "
+    "and CI must stay under 45 minutes",
 }
 
 
