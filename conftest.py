@@ -42,9 +42,18 @@ def pytest_report_header(config):
     return f"Keras {keras.__version__}, backend {keras.backend.backend()}"
 
 
+# Modules whose tests each run for minutes (a notebook, the demo). They go
+# first, so that pytest-xdist's two workers share them from the start
+# instead of one worker running the last of them while the other waits.
+LONG_RUNNING_MODULES = ("tests/test_notebooks.py", "tests/test_demo.py")
+
+
 def pytest_collection_modifyitems(config, items):
     import keras
 
+    items.sort(
+        key=lambda item: item.nodeid.split("::")[0] not in LONG_RUNNING_MODULES
+    )
     backend = keras.backend.backend()
     for item in items:
         marker = item.get_closest_marker("backends")
