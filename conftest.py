@@ -7,6 +7,21 @@ from hypothesis import settings
 # the first import of TensorFlow, which happens when the tests collect.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# XLA's CPU compiler without LLVM's optimisations, for the suite only (the
+# benchmarks and the users keep XLA's default). The suite's JAX run is
+# mostly XLA compiling, once per new shape: each conv kernel's random
+# initializer alone takes 0.7 s to compile, so building DenseNet-C-40
+# took 27.9 s and 4.6 s without. tests/models/test_fc_densenet.py took
+# 216 s on JAX and 79 s without, and passes either way: XLA optimises
+# the same graphs (its HLO passes run), only LLVM's tuning of the
+# machine code is off. Set before the first import of JAX or TensorFlow,
+# and inherited by the notebooks' kernels and the suite's fresh
+# processes; a level given in XLA_FLAGS wins.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
+    ).strip()
+
 # Hypothesis profiles for the property tests (tests/*/test_properties.py).
 # `max_examples` is what an eager property runs; a traced or compiled one
 # runs a share of it (tests/property_cases.py, `examples`). "ci", loaded

@@ -35,6 +35,7 @@ take inputs with `None` spatial sizes, so the
 layer's run-time shape handling is what gets saved, exported and compiled.
 """
 
+import atexit
 import functools
 import json
 import os
@@ -45,8 +46,24 @@ import numpy as np
 import pytest
 
 from keras_fusion._internal.checks import spatial_axes
-from keras_fusion._tools.serving import serve_in_fresh_process
+from keras_fusion._tools.serving import ExportServer
 from tests.backend_utils import to_numpy
+
+# One serving process per export format for this pytest process (each
+# xdist worker has its own), which imports its runtime once: the suite
+# serves about a hundred exports, and a fresh process per export spent
+# 4 to 8 s of a CI core importing TensorFlow for each SavedModel. It
+# never imports keras_fusion, checked after every export, and a failed
+# export ends it (keras_fusion/_tools/serving.py).
+_EXPORT_SERVER = ExportServer()
+atexit.register(_EXPORT_SERVER.close)
+
+
+def serve(path, inputs, input_names=None):
+    """Outputs of the export at `path` for `inputs`, computed by the
+    format's runtime in a process that never imports keras_fusion
+    (`ExportServer.serve`)."""
+    return _EXPORT_SERVER.serve(path, inputs, input_names)
 
 
 def make_inputs(input_shape, seed=0, dtype="float32"):
@@ -610,7 +627,7 @@ def check_export(
     )
     names = [t.name for t in model.inputs]
     for data, reference in cases:
-        served = serve_in_fresh_process(path, data, names)
+        served = serve(path, data, names)
         np.testing.assert_allclose(served, reference, rtol=0, atol=atol)
     return path
 
@@ -623,7 +640,7 @@ def check_export_refuses(
     (a regex, across lines)."""
     path = check_export(model, [(valid, expected)], tmp_path, 0, export_format)
     with pytest.raises(RuntimeError, match=f"(?s){match}"):
-        serve_in_fresh_process(path, invalid, [t.name for t in model.inputs])
+        serve(path, invalid, [t.name for t in model.inputs])
 
 
 def _fit_one_step(model, data, target):

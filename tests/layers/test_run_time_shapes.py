@@ -19,10 +19,10 @@ import pytest
 from keras_fusion import CropAndConcat
 from keras_fusion import FusionSelector
 from keras_fusion import WeightedAdd
-from keras_fusion._tools.serving import serve_in_fresh_process
 from tests.backend_utils import TF_RUN_TIME_SIZES
 from tests.backend_utils import tensorflow_only
 from tests.layer_test_case import check_export
+from tests.layer_test_case import serve
 
 ADDING_LAYERS = pytest.mark.parametrize(
     "make_layer, name",
@@ -147,16 +147,16 @@ def test_exported_saved_model_errors_on_mismatched_sizes(
     model(as_float32(VALID))
     model.export(str(tmp_path), verbose=False)
     loaded = tf.saved_model.load(str(tmp_path))
-    serve = loaded.serve
+    endpoint = loaded.serve
     np.testing.assert_allclose(
-        serve(as_float32(VALID)), expected_sum(layer, VALID), rtol=1e-6
+        endpoint(as_float32(VALID)), expected_sum(layer, VALID), rtol=1e-6
     )
     for case, arrays in MISMATCHED.items():
         with pytest.raises(
             tf.errors.InvalidArgumentError,
             match=re.escape(RUN_TIME_SHAPES[case]),
         ):
-            serve(as_float32(arrays))
+            endpoint(as_float32(arrays))
 
 
 # The converters drop the `Assert`: LiteRT's Slice fails on a size beyond
@@ -186,7 +186,7 @@ def test_exported_sum_fails_on_mismatched_sizes(
     match = EXPORTED_SHAPES_DIFFER[export_format].format(name=name)
     for arrays in MISMATCHED.values():
         with pytest.raises(RuntimeError, match=f"(?s){match}"):
-            serve_in_fresh_process(path, as_float32(arrays), ["a", "b"])
+            serve(path, as_float32(arrays), ["a", "b"])
 
 
 MASK_LAYERS = pytest.mark.parametrize(
@@ -254,7 +254,7 @@ def test_exported_sum_of_static_and_none_sizes_fails_on_mismatch(
     )
     larger = [np.ones((1, 5, 5, 4), "float32"), np.ones((1, 6, 6, 4))]
     with pytest.raises(RuntimeError, match=f"(?s){match}"):
-        serve_in_fresh_process(path, as_float32(larger), ["a", "b"])
+        serve(path, as_float32(larger), ["a", "b"])
 
 
 @tensorflow_only(TF_RUN_TIME_SIZES)

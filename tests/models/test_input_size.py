@@ -22,6 +22,7 @@ from keras_fusion.models import unet_level_sizes
 from tests.backend_utils import TF_RUN_TIME_SIZES
 from tests.backend_utils import tensorflow_only
 from tests.layer_test_case import check_export
+from tests.layer_test_case import serve
 
 # (builder, its smallest spatial size, channels, model name in the error)
 BUILDERS = {
@@ -164,8 +165,6 @@ EXPORTED_TOO_SMALL = {
 @tensorflow_only(TF_RUN_TIME_SIZES)
 @pytest.mark.parametrize("export_format", sorted(EXPORTED_TOO_SMALL))
 def test_exported_model_refuses_a_small_input(export_format, tmp_path):
-    from keras_fusion._tools.serving import serve_in_fresh_process
-
     model = DenseNetBC(depth=10, growth_rate=2, input_shape=(None, None, 3))
     valid = _images(4, 3)
     path = check_export(
@@ -179,7 +178,7 @@ def test_exported_model_refuses_a_small_input(export_format, tmp_path):
         with pytest.raises(
             RuntimeError, match=f"(?s){EXPORTED_TOO_SMALL[export_format]}"
         ):
-            serve_in_fresh_process(path, small)
+            serve(path, small)
 
 
 @pytest.mark.backends("jax", reason="jax.export traces None sizes as symbols")
