@@ -40,6 +40,34 @@ TF_RUN_TIME_SIZES = (
 TF_ALLOCATOR = "reads TensorFlow's CPU allocator statistics (oneDNN)"
 
 
+# Which model tests run on which backend (CI runs the suite once per
+# backend, in under 45 minutes on 2 cores). Two kinds run on TensorFlow
+# only, because what they test is the same on every backend, while
+# building their full-size models costs the other backends most: on JAX
+# every new weight shape compiles its initializer with XLA (a DenseNet-121
+# takes seconds to build, where TensorFlow takes one).
+#
+# - What a builder decides from its arguments before any tensor is
+#   computed: parameter counts, blocks, growth rates, BatchNorm settings,
+#   one initializer per layer. It is our Python code, and Keras builds
+#   the same layers from it on every backend.
+BUILT_THE_SAME_ON_EVERY_BACKEND = pytest.mark.backends(
+    "tensorflow",
+    reason="tests what a builder decides from its arguments, the same "
+    "on every backend (tests/backend_utils.py)",
+)
+# - A full-size DenseNet-121 computed against keras.applications': the
+#   conversion maps weights by name, the same on every backend, and every
+#   backend runs the layers it is made of, recomputing or not, against
+#   the plain ones on the small models (test_densenet.py's
+#   test_recomputing_model_trains_as_the_plain_model, tests/layers).
+FULL_SIZE_ON_TENSORFLOW = pytest.mark.backends(
+    "tensorflow",
+    reason="a full-size DenseNet-121 against keras.applications'; every "
+    "backend runs its layers on the small models (tests/backend_utils.py)",
+)
+
+
 def record_recomputations(monkeypatch):
     """The input shapes of every BatchNorm-ReLU a recomputing kernel
     recomputes, in call order: a list that grows as

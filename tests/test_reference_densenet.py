@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from keras_fusion._tools import reference_densenet
+from tests.backend_utils import FULL_SIZE_ON_TENSORFLOW
 from tests.backend_utils import to_numpy
 
 DENSENET121 = [6, 12, 24, 16]
@@ -37,6 +38,7 @@ def layer_weight_shapes(model):
     ]
 
 
+@FULL_SIZE_ON_TENSORFLOW
 @pytest.mark.slow
 def test_densenet121_matches_keras_applications():
     expected, reference = build_pair()

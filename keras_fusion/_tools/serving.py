@@ -91,7 +91,11 @@ _SERVE_SCRIPT = textwrap.dedent(
 
     if sys.argv[1] == "--serve-requests":
         # One JSON request per line on stdin, one JSON reply per line on
-        # stdout, until stdin closes.
+        # stdout, until stdin closes. Whatever else writes to stdout (a
+        # runtime's C++ logging included) goes to stderr instead.
+        replies = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
         export_format = sys.argv[2]
         for line in sys.stdin:
             request = json.loads(line)
@@ -100,7 +104,7 @@ _SERVE_SCRIPT = textwrap.dedent(
                 error = forbidden_import(export_format)
             except Exception:
                 error = traceback.format_exc()
-            print(json.dumps(error), flush=True)
+            print(json.dumps(error), file=replies, flush=True)
     else:
         export_format = sys.argv[1]
         serve(export_format, *sys.argv[2:5], sys.argv[5:])

@@ -19,6 +19,8 @@ from keras_fusion.models import DenseNetBC
 from keras_fusion.models import copy_keras_application_weights
 from keras_fusion.models import from_keras_application
 from tests.backend_utils import BACKEND
+from tests.backend_utils import BUILT_THE_SAME_ON_EVERY_BACKEND
+from tests.backend_utils import FULL_SIZE_ON_TENSORFLOW
 from tests.backend_utils import TF_KERNEL
 from tests.backend_utils import record_recomputations
 from tests.backend_utils import tensorflow_only
@@ -117,6 +119,7 @@ def float64_training_step(source):
         return model, images, *_training_step(model, images)
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 @pytest.mark.parametrize(
     "ours, theirs, trainable",
     [
@@ -136,6 +139,7 @@ def test_parameter_counts_equal_keras_applications(ours, theirs, trainable):
         assert count == trainable
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 def test_densenet264_has_the_papers_blocks():
     model = DenseNet264(weights=None, input_shape=SHAPE, classes=10)
     blocks = [model.get_layer(f"conv{i}").num_layers for i in range(2, 6)]
@@ -143,6 +147,7 @@ def test_densenet264_has_the_papers_blocks():
     assert model.get_layer("conv5").growth_rate == 32
 
 
+@FULL_SIZE_ON_TENSORFLOW
 @pytest.mark.parametrize("recompute", [True, "concat_bn", False])
 def test_converted_model_predicts_as_keras_applications(
     source, images, recompute
@@ -156,6 +161,7 @@ def test_converted_model_predicts_as_keras_applications(
     )
 
 
+@FULL_SIZE_ON_TENSORFLOW
 @pytest.mark.parametrize("recompute", [True, "concat_bn"])
 def test_converted_model_trains_as_keras_applications(
     float64_training_step, recompute
@@ -413,6 +419,7 @@ def test_densenet_bc_export_runs_without_keras_fusion(
     )
 
 
+@FULL_SIZE_ON_TENSORFLOW
 def test_channels_first_model_matches_channels_last(source, images):
     skip_unless_channels_first_convolution_runs()
     ours = from_keras_application(source)
@@ -430,6 +437,7 @@ def test_channels_first_model_matches_channels_last(source, images):
     )
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 @pytest.mark.parametrize(
     "builder, kwargs",
     [
@@ -736,6 +744,7 @@ def test_models_use_the_memory_efficient_layers():
     assert isinstance(model.get_layer("pool3"), TransitionBlock)
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 @pytest.mark.parametrize(
     "kwargs, layers, bottleneck, compression",
     [
@@ -756,6 +765,7 @@ def test_densenet_bc_variants(kwargs, layers, bottleneck, compression):
     assert model.output_shape == (None, 10)
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 @pytest.mark.parametrize(
     "model",
     [
@@ -774,6 +784,7 @@ def test_every_batch_norm_has_keras_applications_epsilon(model):
 BATCH_NORM = {"batch_norm_momentum": 0.9, "batch_norm_epsilon": 1e-3}
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 @pytest.mark.parametrize(
     "build",
     [
@@ -878,6 +889,7 @@ def test_builders_accept_numpy_numbers():
     assert [custom.get_layer(f"conv{i}").num_layers for i in (2, 3)] == [1, 2]
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 def test_densenet_bc_100_has_the_papers_parameter_count():
     # Huang et al. 2017, Table 2: DenseNet-BC (L=100, k=12), 0.8M.
     assert round(DenseNetBC(depth=100).count_params() / 1e6, 1) == 0.8

@@ -10,6 +10,7 @@ from keras_fusion.models import FCDenseNet56
 from keras_fusion.models import FCDenseNet67
 from keras_fusion.models import FCDenseNet103
 from tests.backend_utils import BACKEND
+from tests.backend_utils import BUILT_THE_SAME_ON_EVERY_BACKEND
 from tests.backend_utils import assert_same_training_steps
 from tests.backend_utils import assert_same_variables
 from tests.backend_utils import fit_losses
@@ -73,6 +74,7 @@ def _count_by_hand(blocks, growth_rate, filters=48, classes=11, channels=3):
     return count + (width + new) * classes + classes
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 @pytest.mark.parametrize("builder", [FCDenseNet67, FCDenseNet103])
 def test_parameter_counts_match_the_paper(builder):
     blocks, growth_rate, paper_millions = PAPER[builder]
@@ -81,6 +83,7 @@ def test_parameter_counts_match_the_paper(builder):
     assert round(count / 1e6, 1) == paper_millions
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 def test_fc_densenet56_has_the_parameters_of_its_table_2():
     # The paper reports 1.5M, but the architecture of its Table 2 (and of
     # its code) has 1.4M, counted with or without BatchNorm statistics and
@@ -91,6 +94,7 @@ def test_fc_densenet56_has_the_parameters_of_its_table_2():
     assert count == _count_by_hand(blocks, growth_rate) == 1_396_187
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 @pytest.mark.parametrize("builder", list(PAPER))
 def test_variants_have_the_papers_blocks_and_growth_rate(builder):
     blocks, growth_rate, _ = PAPER[builder]
@@ -109,6 +113,7 @@ def test_variants_have_the_papers_blocks_and_growth_rate(builder):
     assert model.output_shape == (None, None, None, 11)
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 def test_fc_densenet103_has_the_papers_feature_maps():
     # Table 1 and 2: 48 maps after the first convolution, each down block
     # adds num_layers * 16; a transition up keeps the new maps of the
@@ -471,6 +476,7 @@ def test_channels_first_matches_channels_last():
     assert bn.axis == 1
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 def test_fresh_model_starts_with_distinct_kernels():
     keras.utils.set_random_seed(0)
     check_distinct_initial_kernels(FCDenseNet(**SMALL))
@@ -485,6 +491,7 @@ def test_input_tensor_keeps_the_layers_before_it():
     assert model.output_shape == (None, 32, 48, 3)
 
 
+@BUILT_THE_SAME_ON_EVERY_BACKEND
 def test_logits_and_batch_norm_settings_reach_every_layer():
     model = FCDenseNet(
         **SMALL,

@@ -9,6 +9,7 @@ from keras_fusion.models import DenseNet121
 from keras_fusion.models import from_keras_application
 from keras_fusion.models import pyramid_outputs
 from keras_fusion.models.pyramid import pyramid_source_inputs
+from tests.backend_utils import FULL_SIZE_ON_TENSORFLOW
 from tests.backend_utils import to_numpy
 from tests.models.encoders import hub_efficientnet
 
@@ -253,6 +254,7 @@ def keras_densenet():
     return _randomized(model)
 
 
+@FULL_SIZE_ON_TENSORFLOW
 @pytest.mark.slow
 @pytest.mark.parametrize("recompute", [True, False])
 def test_keras_fusion_densenet_levels_equal_keras_applications(
