@@ -120,6 +120,17 @@ def check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon):
     return momentum, epsilon
 
 
+def check_choice(value, name, choices):
+    """Check that an argument is one of `choices` and return it."""
+    if not any(
+        value is c or (isinstance(value, str) and value == c) for c in choices
+    ):
+        raise ValueError(
+            f"`{name}` should be one of {choices}. Received: {name}={value!r}"
+        )
+    return value
+
+
 def check_bool(value, name):
     """Check that an argument is a Python bool and return it.
 

@@ -5,12 +5,13 @@ from keras import ops
 
 from keras_fusion._internal.checks import check_batch_norm_arguments
 from keras_fusion._internal.checks import check_bool
+from keras_fusion._internal.checks import check_choice
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import check_synchronized
 from keras_fusion.backend.size_checks import checked_equal_shapes
 from keras_fusion.layers._base_fusion import BaseFusion
-from keras_fusion.layers._base_fusion import check_fusion_epsilon
 from keras_fusion.layers.weighted_add import WeightedAdd
+from keras_fusion.layers.weighted_add import weighted_add_epsilon
 
 _MODES = ("add", "concat", "weighted_add")
 _ALIGNS = (None, "crop", "pad")
@@ -52,11 +53,13 @@ class FusionSelector(BaseFusion):
       `bn_0`, `bn_1`, ..., each with its own gamma, beta and moving
       statistics), in training and inference alike.
     - `"add"`: element-wise sum, like `keras.layers.Add`.
-    - `"weighted_add"`: BiFPN's fast normalized fusion,
-      `sum(relu(w_i) * x_i) / (sum(relu(w_i)) + fusion_epsilon)`, by a
-      `WeightedAdd` sublayer named `weighted_add`: one learnable weight per
-      input, or one per input and channel with `weight_per_channel=True`,
-      initialised to 1 (a plain average). Its variable is also this layer's
+    - `"weighted_add"`: EfficientDet's weighted fusion by a `WeightedAdd`
+      sublayer named `weighted_add`: BiFPN's fast normalized fusion,
+      `sum(relu(w_i) * x_i) / (sum(relu(w_i)) + fusion_epsilon)`, or with
+      `normalization="softmax"` the softmax-weighted sum
+      `sum(softmax(w)_i * x_i)`; one learnable weight per input, or one per
+      input and channel with `weight_per_channel=True`, initialised to 1
+      (a plain average). Its variable is also this layer's
       `fusion_weights` attribute.
 
     Inputs are processed in a fixed order: each input goes through its own
@@ -166,9 +169,11 @@ class FusionSelector(BaseFusion):
         weight_per_channel: with `mode="weighted_add"`, learn one weight per
             input and channel instead of one per input. Defaults to
             `False`.
-        fusion_epsilon: with `mode="weighted_add"`, the positive constant
-            added to the sum of the weights. Defaults to `1e-4`, BiFPN's
-            value.
+        normalization: with `mode="weighted_add"`, `"fast"` (default) or
+            `"softmax"`: how `WeightedAdd` normalizes its weights.
+        fusion_epsilon: with `mode="weighted_add"` and
+            `normalization="fast"`, the positive constant added to the sum
+            of the weights. Defaults to `None`: `1e-4`, BiFPN's value.
         batch_norm_momentum: the momentum of the `BatchNormalization`
             sublayers' moving statistics. Defaults to `0.99`.
         batch_norm_epsilon: the epsilon of the `BatchNormalization`
@@ -262,7 +267,8 @@ class FusionSelector(BaseFusion):
         align=None,
         projection=None,
         weight_per_channel=False,
-        fusion_epsilon=1e-4,
+        normalization="fast",
+        fusion_epsilon=None,
         batch_norm_momentum=0.99,
         batch_norm_epsilon=1.001e-5,
         kernel_initializer="glorot_uniform",
@@ -297,6 +303,12 @@ class FusionSelector(BaseFusion):
                 f"mode='weighted_add'. Received: weight_per_channel=True, "
                 f"mode={mode!r}"
             )
+        check_choice(normalization, "normalization", ("fast", "softmax"))
+        if normalization != "fast" and mode != "weighted_add":
+            raise ValueError(
+                "`normalization` should only be set with mode='weighted_add'. "
+                f"Received: normalization={normalization!r}, mode={mode!r}"
+            )
         if projection is not None:
             check_real(
                 projection,
@@ -316,7 +328,10 @@ class FusionSelector(BaseFusion):
         self.align = align
         self.projection = None if projection is None else int(projection)
         self.weight_per_channel = weight_per_channel
-        self.fusion_epsilon = check_fusion_epsilon(fusion_epsilon)
+        self.normalization = normalization
+        self.fusion_epsilon = weighted_add_epsilon(
+            normalization, fusion_epsilon
+        )
         self.batch_norm_momentum, self.batch_norm_epsilon = (
             check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon)
         )
@@ -364,6 +379,7 @@ class FusionSelector(BaseFusion):
                 "align": self.align,
                 "projection": self.projection,
                 "weight_per_channel": self.weight_per_channel,
+                "normalization": self.normalization,
                 "fusion_epsilon": self.fusion_epsilon,
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
@@ -488,6 +504,7 @@ class FusionSelector(BaseFusion):
     def _build_weighted_add(self, input_shape):
         weighted_add = WeightedAdd(
             weight_per_channel=self.weight_per_channel,
+            normalization=self.normalization,
             fusion_epsilon=self.fusion_epsilon,
             axis=self.axis,
             data_format=self.data_format,

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_fusion._internal.checks import check_bool
+from keras_fusion._internal.checks import check_choice
 from keras_fusion.backend.size_checks import checked_equal_shapes
 from keras_fusion.layers._base_fusion import BaseFusion
 from keras_fusion.layers._base_fusion import check_fusion_epsilon
@@ -16,24 +17,36 @@ _SHAPES_DIFFER = (
     f"channel sizes); {_ALIGN_FIRST}. Received: inputs with run-time shapes "
     "{{shapes}}"
 )
+_NORMALIZATIONS = ("fast", "softmax")
+# BiFPN's value (EfficientDet's `fuse_features`).
+_DEFAULT_FUSION_EPSILON = 1e-4
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
 class WeightedAdd(BaseFusion):
     """Adds feature maps with learned, normalized weights (BiFPN fusion).
 
-    The fast normalized fusion of EfficientDet's BiFPN: with one learnable
-    weight `w_i` per input `x_i`,
+    EfficientDet's weighted feature fusion: with learnable weights `w_i`,
+    one per input `x_i` (or one per input and channel), the output is
+    `sum(v_i * x_i)` where the `v_i` are the weights normalized over the
+    inputs:
 
-    `output = sum(relu(w_i) * x_i) / (sum(relu(w_i)) + fusion_epsilon)`.
+    - `normalization="fast"` (default), the paper's fast normalized fusion,
+      `v_i = relu(w_i) / (sum_j relu(w_j) + fusion_epsilon)`: the ReLU
+      keeps each weight non-negative and the sum normalizes them without
+      the exponentials the paper finds slow on GPUs. EfficientDet's
+      `fastattn` (`channel_fastattn` with `weight_per_channel=True`).
+    - `normalization="softmax"`, `v_i = exp(w_i) / sum_j exp(w_j)`, the
+      softmax over the inputs (per channel with `weight_per_channel=True`):
+      EfficientDet's `attn` (`channel_attn`).
 
-    The ReLU keeps each weight non-negative and the sum normalizes them,
-    so that each input contributes a learned fraction of the output, as a
-    softmax over the weights would, without the exponentials that the
-    paper finds slow on GPUs. The weights are the trainable variable
-    `fusion_weights`, of shape `(num_inputs,)`, or `(num_inputs, channels)`
-    with `weight_per_channel=True`; they start at 1, so that the untrained
-    layer averages its inputs (up to `fusion_epsilon`).
+    The weights are the trainable variable `fusion_weights`, of shape
+    `(num_inputs,)`, or `(num_inputs, channels)` with
+    `weight_per_channel=True`; they start at 1, so that the untrained
+    layer averages its inputs (up to `fusion_epsilon` in the fast form).
+    Under a mixed precision policy the weights stay in float32 and are
+    normalized in float32; the normalized weights are then cast to the
+    inputs' dtype.
 
     Like `keras.layers.Add`, it takes inputs of the same shape;
     `FusionSelector(mode="weighted_add")` uses it after cropping or padding
@@ -66,6 +79,12 @@ class WeightedAdd(BaseFusion):
     >>> round(float(keras.ops.convert_to_numpy(y)[0, 0, 0, 0]), 3)
     2.0
 
+    The softmax of equal weights averages too:
+
+    >>> y = WeightedAdd(normalization="softmax")([a, b])
+    >>> round(float(keras.ops.convert_to_numpy(y)[0, 0, 0, 0]), 3)
+    2.0
+
     One weight per input and channel:
 
     >>> fuse = WeightedAdd(weight_per_channel=True)
@@ -76,9 +95,12 @@ class WeightedAdd(BaseFusion):
     Args:
         weight_per_channel: learn one weight per input and channel instead
             of one per input. Defaults to `False`.
-        fusion_epsilon: the positive constant added to the sum of the
-            weights, which keeps the division stable when every weight is
-            near zero. Defaults to `1e-4`, BiFPN's value.
+        normalization: `"fast"` (default) or `"softmax"`, how the weights
+            are normalized over the inputs (see above).
+        fusion_epsilon: with `normalization="fast"`, the positive constant
+            added to the sum of the weights, which keeps the division
+            stable when every weight is near zero. Defaults to `None`:
+            `1e-4`, BiFPN's value. The softmax takes none.
         axis: the channel axis, along which the weights vary with
             `weight_per_channel=True`: `-1` (or `rank - 1`) for
             `"channels_last"`, `1` for `"channels_first"`. Defaults to
@@ -128,7 +150,8 @@ class WeightedAdd(BaseFusion):
     def __init__(
         self,
         weight_per_channel=False,
-        fusion_epsilon=1e-4,
+        normalization="fast",
+        fusion_epsilon=None,
         axis=None,
         data_format=None,
         **kwargs,
@@ -137,7 +160,12 @@ class WeightedAdd(BaseFusion):
         self.weight_per_channel = check_bool(
             weight_per_channel, "weight_per_channel"
         )
-        self.fusion_epsilon = check_fusion_epsilon(fusion_epsilon)
+        self.normalization = check_choice(
+            normalization, "normalization", _NORMALIZATIONS
+        )
+        self.fusion_epsilon = weighted_add_epsilon(
+            normalization, fusion_epsilon
+        )
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -152,6 +180,9 @@ class WeightedAdd(BaseFusion):
                 else (num_inputs,)
             ),
             initializer="ones",
+            # Read in the variable's dtype (float32 under mixed precision)
+            # and normalized in at least float32 (`_fuse`).
+            autocast=False,
         )
         # Weight i belongs to input i (and, per channel, to its channels).
         self._tie_to_inputs(input_shape, channels=self.weight_per_channel)
@@ -164,8 +195,16 @@ class WeightedAdd(BaseFusion):
             "weighted_add_inputs",
             _SHAPES_DIFFER.format(name=self.__class__.__name__),
         )
-        weights = ops.relu(self.fusion_weights)
-        weights = weights / (ops.sum(weights, axis=0) + self.fusion_epsilon)
+        weights = self.fusion_weights
+        weights = ops.cast(
+            weights, keras.backend.result_type(weights.dtype, "float32")
+        )
+        if self.normalization == "softmax":
+            weights = ops.softmax(weights, axis=0)
+        else:
+            weights = ops.relu(weights)
+            weights = weights / (ops.sum(weights, axis=0) + self.fusion_epsilon)
+        weights = ops.cast(weights, inputs[0].dtype)
         if self.weight_per_channel:
             broadcast = [1] * (len(inputs[0].shape) - 1)
             broadcast[self._channel_axis - 1] = weights.shape[1]
@@ -182,7 +221,25 @@ class WeightedAdd(BaseFusion):
         config.update(
             {
                 "weight_per_channel": self.weight_per_channel,
+                "normalization": self.normalization,
                 "fusion_epsilon": self.fusion_epsilon,
             }
         )
         return config
+
+
+def weighted_add_epsilon(normalization, fusion_epsilon):
+    """The `fusion_epsilon` of a weighted addition with `normalization`:
+    `1e-4` when the fast form is given `None`, the checked value when it is
+    given one; `None` for the softmax, which refuses one."""
+    if normalization == "softmax":
+        if fusion_epsilon is not None:
+            raise ValueError(
+                "`fusion_epsilon` is only used with normalization='fast' (the "
+                "softmax needs no epsilon). Received: normalization='softmax', "
+                f"fusion_epsilon={fusion_epsilon!r}"
+            )
+        return None
+    if fusion_epsilon is None:
+        return _DEFAULT_FUSION_EPSILON
+    return check_fusion_epsilon(fusion_epsilon)

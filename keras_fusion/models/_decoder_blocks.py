@@ -42,14 +42,6 @@ def check_decoder_filters(decoder_filters, count, model_name):
     return tuple(int(f) for f in widths)
 
 
-def check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(
-            f"`{name}` should be one of {choices}. Received: {name}={value!r}"
-        )
-    return value
-
-
 def decoder_input(info, input_shape, model_name):
     """The model's input: the encoder's input shape, or `input_shape` with
     the encoder's channels; static sizes checked against the encoder's

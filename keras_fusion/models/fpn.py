@@ -10,12 +10,12 @@ Reference:
 import keras
 
 from keras_fusion._internal.checks import channel_axis
+from keras_fusion._internal.checks import check_choice
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import check_real
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.layers.fusion_selector import FusionSelector
 from keras_fusion.models._decoder_blocks import Blocks
-from keras_fusion.models._decoder_blocks import check_choice
 from keras_fusion.models._decoder_blocks import decoder_input
 from keras_fusion.models._decoder_blocks import encoder_features
 from keras_fusion.models._encoder_levels import EncoderLevels

@@ -7,10 +7,10 @@ Reference:
 
 import keras
 
+from keras_fusion._internal.checks import check_choice
 from keras_fusion._internal.checks import check_positive_int
 from keras_fusion._internal.checks import standardize_data_format
 from keras_fusion.models._decoder_blocks import Blocks
-from keras_fusion.models._decoder_blocks import check_choice
 from keras_fusion.models._decoder_blocks import check_decoder_filters
 from keras_fusion.models._decoder_blocks import decoder_input
 from keras_fusion.models._decoder_blocks import encoder_features

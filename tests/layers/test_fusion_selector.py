@@ -441,8 +441,17 @@ def test_batch_norm_before_concat_gives_each_input_its_own_batch_norm():
             {"weight_per_channel": True, "projection": 3, "align": "crop"},
             [(2, 7, 6, 3), (2, 6, 5, 4)],
         ),
+        (
+            {"normalization": "softmax", "projection": 3, "align": "crop"},
+            [(2, 7, 6, 3), (2, 6, 5, 4), (2, 6, 6, 3)],
+        ),
     ],
-    ids=["per-input", "per-channel-channels-first", "projection-crop"],
+    ids=[
+        "per-input",
+        "per-channel-channels-first",
+        "projection-crop",
+        "softmax-projection-crop",
+    ],
 )
 def test_weighted_add_mode_is_a_weighted_add_after_projection_and_alignment(
     init_kwargs, shapes
@@ -457,6 +466,7 @@ def test_weighted_add_mode_is_a_weighted_add_after_projection_and_alignment(
     layer.fusion_weights.assign(weights)
     reference = WeightedAdd(
         weight_per_channel=init_kwargs.get("weight_per_channel", False),
+        normalization=init_kwargs.get("normalization", "fast"),
         data_format=init_kwargs.get("data_format"),
     )
     projected = []
@@ -913,6 +923,32 @@ def test_fusion_selector_errors_if_projection_with_concat():
         "'weighted_add'.*Received: projection=8, mode='concat'",
     ):
         FusionSelector(mode="concat", projection=8)
+
+
+@pytest.mark.parametrize("mode", ["add", "concat"])
+def test_fusion_selector_errors_if_normalization_without_weighted_add(mode):
+    with pytest.raises(
+        ValueError,
+        match="`normalization` should only be set with mode='weighted_add'. "
+        f"Received: normalization='softmax', mode='{mode}'",
+    ):
+        FusionSelector(mode=mode, normalization="softmax")
+
+
+def test_fusion_selector_errors_if_normalization_is_unknown():
+    with pytest.raises(
+        ValueError,
+        match=r"`normalization` should be one of \('fast', 'softmax'\)\. "
+        "Received: normalization='attn'",
+    ):
+        FusionSelector(mode="weighted_add", normalization="attn")
+
+
+def test_fusion_selector_softmax_round_trips_through_get_config():
+    layer = FusionSelector(mode="weighted_add", normalization="softmax")
+    revived = FusionSelector.from_config(layer.get_config())
+    assert revived.get_config() == layer.get_config()
+    assert (revived.normalization, revived.fusion_epsilon) == ("softmax", None)
 
 
 @pytest.mark.parametrize("mode", ["add", "concat"])

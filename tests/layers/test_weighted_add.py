@@ -15,15 +15,24 @@ from tests.layer_test_case import run_export_test
 from tests.layer_test_case import run_layer_test
 
 
-def numpy_weighted_add(arrays, weights, epsilon=1e-4, channel_axis=-1):
-    """BiFPN's fast normalized fusion, written as in the paper."""
-    weights = np.maximum(np.asarray(weights, dtype="float64"), 0.0)
+def numpy_weighted_add(
+    arrays, weights, epsilon=1e-4, channel_axis=-1, normalization="fast"
+):
+    """EfficientDet's weighted fusion, written as in the paper: the fast
+    normalized fusion (`fastattn`, `channel_fastattn`) or the softmax over
+    the inputs (`attn`, `channel_attn`)."""
+    weights = np.asarray(weights, dtype="float64")
+    if normalization == "fast":
+        weights = np.maximum(weights, 0.0)
+        weights = weights / (weights.sum(axis=0) + epsilon)
+    else:
+        exponentials = np.exp(weights - weights.max(axis=0))
+        weights = exponentials / exponentials.sum(axis=0)
     if weights.ndim == 2:
         shape = [1] * arrays[0].ndim
         shape[channel_axis] = weights.shape[1]
         weights = [w.reshape(shape) for w in weights]
-    numerator = sum(w * x for w, x in zip(weights, arrays, strict=True))
-    return numerator / (sum(weights) + epsilon)
+    return sum(w * x for w, x in zip(weights, arrays, strict=True))
 
 
 def random_masks(arrays, data_format="channels_last", seed=0):
@@ -64,12 +73,17 @@ LAYER_CASES = pytest.mark.parametrize(
             {"weight_per_channel": True, "axis": -1, "fusion_epsilon": 1e-3},
             [(2, 4, 5, 3, 2), (2, 4, 5, 3, 2)],
         ),
+        (
+            {"normalization": "softmax", "weight_per_channel": True},
+            [(2, 5, 6, 3)] * 3,
+        ),
     ],
     ids=[
         "2d-three-inputs",
         "per-channel-1d",
         "per-channel-2d-channels-first",
         "per-channel-3d-explicit-axis",
+        "softmax-per-channel-2d",
     ],
 )
 
@@ -102,24 +116,40 @@ def test_export(export_format, init_kwargs, input_shape, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "weights, data_format, fusion_epsilon",
+    "weights, data_format, fusion_epsilon, normalization",
     [
-        ([1.0, 1.0], "channels_last", 1e-4),
-        ([0.3, 2.0, -0.5], "channels_last", 1e-4),
-        ([[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]], "channels_last", 1e-4),
-        ([[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]], "channels_first", 1e-4),
-        ([0.3, 2.0], "channels_last", 0.5),
+        ([1.0, 1.0], "channels_last", 1e-4, "fast"),
+        ([0.3, 2.0, -0.5], "channels_last", 1e-4, "fast"),
+        ([[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]], "channels_last", 1e-4, "fast"),
+        ([[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]], "channels_first", 1e-4, "fast"),
+        ([0.3, 2.0], "channels_last", 0.5, "fast"),
+        ([1.0, 1.0], "channels_last", None, "softmax"),
+        ([0.3, 2.0, -0.5], "channels_last", None, "softmax"),
+        ([[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]], "channels_last", None, "softmax"),
+        (
+            [[0.5, 1.0, 0.0], [2.0, -1.0, 1.5]],
+            "channels_first",
+            None,
+            "softmax",
+        ),
+        # exp(90) overflows float32: the softmax must be the stable one.
+        ([90.0, 88.0], "channels_last", None, "softmax"),
     ],
     ids=[
-        "initial",
-        "negative-clipped",
-        "per-channel",
-        "per-channel-ch-first",
-        "fusion-epsilon",
+        "fastattn-initial",
+        "fastattn-negative-clipped",
+        "channel-fastattn",
+        "channel-fastattn-ch-first",
+        "fastattn-fusion-epsilon",
+        "attn-initial",
+        "attn",
+        "channel-attn",
+        "channel-attn-ch-first",
+        "attn-large-weights",
     ],
 )
 def test_weighted_add_matches_numpy_formula(
-    weights, data_format, fusion_epsilon
+    weights, data_format, fusion_epsilon, normalization
 ):
     weights = np.asarray(weights, dtype="float32")
     per_channel = weights.ndim == 2
@@ -127,6 +157,7 @@ def test_weighted_add_matches_numpy_formula(
     arrays = make_inputs([shape] * len(weights), seed=3)
     layer = WeightedAdd(
         weight_per_channel=per_channel,
+        normalization=normalization,
         fusion_epsilon=fusion_epsilon,
         data_format=data_format,
     )
@@ -136,10 +167,48 @@ def test_weighted_add_matches_numpy_formula(
     np.testing.assert_allclose(
         to_numpy(layer(arrays)),
         numpy_weighted_add(
-            arrays, weights, epsilon=fusion_epsilon, channel_axis=channel_axis
+            arrays,
+            weights,
+            epsilon=fusion_epsilon,
+            channel_axis=channel_axis,
+            normalization=normalization,
         ),
         rtol=0,
-        atol=1e-5,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("normalization", ["fast", "softmax"])
+@pytest.mark.parametrize("weight_per_channel", [False, True])
+def test_mixed_precision_normalizes_the_weights_in_float32(
+    normalization, weight_per_channel
+):
+    shape = (2, 6, 5, 4)
+    arrays = [a.astype("float16") for a in make_inputs([shape] * 3, seed=4)]
+    layer = WeightedAdd(
+        weight_per_channel=weight_per_channel,
+        normalization=normalization,
+        dtype="mixed_float16",
+    )
+    layer.build([shape] * 3)
+    rng = np.random.default_rng(5)
+    weights = rng.uniform(-1.0, 3.0, layer.fusion_weights.shape)
+    weights = weights.astype("float32")
+    layer.fusion_weights.assign(weights)
+    assert keras.backend.standardize_dtype(layer.fusion_weights.dtype) == (
+        "float32"
+    )
+    output = layer(arrays)
+    assert keras.backend.standardize_dtype(output.dtype) == "float16"
+    np.testing.assert_allclose(
+        to_numpy(output).astype("float64"),
+        numpy_weighted_add(
+            [a.astype("float64") for a in arrays],
+            weights,
+            normalization=normalization,
+        ),
+        rtol=1e-3,
+        atol=1e-3,
     )
 
 
@@ -193,6 +262,26 @@ def test_per_channel_weights_receive_gradients_per_channel():
     np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("weight_per_channel", [False, True])
+def test_softmax_weights_receive_the_softmax_gradient(weight_per_channel):
+    arrays = make_inputs([(2, 4, 4, 3)] * 3, seed=10)
+    layer = WeightedAdd(
+        weight_per_channel=weight_per_channel, normalization="softmax"
+    )
+    layer.build([tuple(a.shape) for a in arrays])
+    rng = np.random.default_rng(11)
+    weights = rng.uniform(-1.0, 2.0, layer.fusion_weights.shape)
+    layer.fusion_weights.assign(weights.astype("float32"))
+    gradient = grads_of_sum(layer, arrays)
+    # d/dw_j of sum_i s_i T_i with s = softmax(w), T_i the sum of input i
+    # (per channel: channel by channel): s_j * (T_j - sum_i s_i T_i).
+    axes = (0, 1, 2) if weight_per_channel else None
+    totals = np.stack([a.astype("float64").sum(axis=axes) for a in arrays])
+    softmax = np.exp(weights) / np.exp(weights).sum(axis=0)
+    expected = softmax * (totals - (softmax * totals).sum(axis=0))
+    np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_every_option_round_trips_through_get_config():
     layer = WeightedAdd(
         weight_per_channel=True,
@@ -205,10 +294,22 @@ def test_every_option_round_trips_through_get_config():
     assert revived.get_config() == layer.get_config()
     assert (
         revived.weight_per_channel,
+        revived.normalization,
         revived.fusion_epsilon,
         revived.axis,
         revived.data_format,
-    ) == (True, 1e-3, 1, "channels_first")
+    ) == (True, "fast", 1e-3, 1, "channels_first")
+    softmax = WeightedAdd(normalization="softmax")
+    revived = WeightedAdd.from_config(softmax.get_config())
+    assert (revived.normalization, revived.fusion_epsilon) == ("softmax", None)
+
+
+def test_a_config_without_normalization_is_the_fast_fusion():
+    # Configs saved before `normalization` existed.
+    config = WeightedAdd().get_config()
+    del config["normalization"]
+    revived = WeightedAdd.from_config(config)
+    assert (revived.normalization, revived.fusion_epsilon) == ("fast", 1e-4)
 
 
 def test_trained_weights_survive_a_keras_file(tmp_path):
@@ -303,6 +404,25 @@ def test_weighted_add_errors_if_fusion_epsilon_is_not_positive(fusion_epsilon):
         f"Received: fusion_epsilon={re.escape(repr(fusion_epsilon))}",
     ):
         WeightedAdd(fusion_epsilon=fusion_epsilon)
+
+
+@pytest.mark.parametrize("normalization", ["attn", "Softmax", None, 1])
+def test_weighted_add_errors_if_normalization_is_unknown(normalization):
+    with pytest.raises(
+        ValueError,
+        match=r"`normalization` should be one of \('fast', 'softmax'\)\. "
+        f"Received: normalization={re.escape(repr(normalization))}",
+    ):
+        WeightedAdd(normalization=normalization)
+
+
+def test_weighted_add_errors_if_softmax_is_given_fusion_epsilon():
+    with pytest.raises(
+        ValueError,
+        match="`fusion_epsilon` is only used with normalization='fast'.*"
+        "Received: normalization='softmax', fusion_epsilon=0.001",
+    ):
+        WeightedAdd(normalization="softmax", fusion_epsilon=1e-3)
 
 
 def test_weighted_add_errors_if_spatial_sizes_differ():
