@@ -10,6 +10,7 @@ _quiet_start_up()
 
 from keras_fusion import ops  # noqa: E402
 from keras_fusion.layers import CropAndConcat  # noqa: E402
+from keras_fusion.layers import FeaturePyramid  # noqa: E402
 from keras_fusion.layers import FusionSelector  # noqa: E402
 from keras_fusion.layers import MemoryEfficientDenseBlock  # noqa: E402
 from keras_fusion.layers import Recompute  # noqa: E402
@@ -20,6 +21,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CropAndConcat",
+    "FeaturePyramid",
     "FusionSelector",
     "MemoryEfficientDenseBlock",
     "Recompute",

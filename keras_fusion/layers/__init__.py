@@ -7,6 +7,7 @@ from keras_fusion.layers import _densenet_stem  # noqa: F401
 from keras_fusion.layers import _input_size_check  # noqa: F401
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
+from keras_fusion.layers.feature_pyramid import FeaturePyramid
 from keras_fusion.layers.fusion_selector import FusionSelector
 from keras_fusion.layers.recompute import Recompute
 from keras_fusion.layers.transition_block import TransitionBlock
@@ -14,6 +15,7 @@ from keras_fusion.layers.weighted_add import WeightedAdd
 
 __all__ = [
     "CropAndConcat",
+    "FeaturePyramid",
     "FusionSelector",
     "MemoryEfficientDenseBlock",
     "Recompute",
