@@ -9,6 +9,9 @@ from keras_fusion import FeaturePyramid
 from keras_fusion import Recompute
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.layer_test_case import EXPORT_FORMATS
+from tests.layer_test_case import export_limit
+from tests.layer_test_case import run_model_export_test
 
 # A 300x333 image through a backbone whose stride-2 layers pad ("same"):
 # each level rounds up. And one whose valid poolings round down.
@@ -270,3 +273,27 @@ def test_inputs_must_be_a_dict_of_levels():
         FeaturePyramid()([x, x])
     with pytest.raises(ValueError, match="keyed 'Pk'"):
         FeaturePyramid()({"C3": x})
+
+
+# From a 257x263 image ("same" stride-2 layers): a second odd size.
+ROUNDED_UP_SQUARE = {"P3": (33, 33), "P4": (17, 17), "P5": (9, 9)}
+
+
+@pytest.mark.slow
+@EXPORT_FORMATS
+@pytest.mark.parametrize("fusion", ["add", "weighted_add"])
+def test_export_runs_without_keras_fusion(fusion, export_format, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _flat_model(FeaturePyramid(num_filters=4, fusion=fusion))
+    run_model_export_test(
+        model,
+        [
+            list(_levels(ROUNDED_UP).values()),
+            list(_levels(ROUNDED_UP_SQUARE, seed=1).values()),
+        ],
+        tmp_path,
+        export_format,
+        # LiteRT and ONNX Runtime convolve in their own order.
+        atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
+        fails_with=export_limit(export_format),
+    )
