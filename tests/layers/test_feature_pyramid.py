@@ -12,6 +12,7 @@ from tests.backend_utils import value_and_grads
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
 from tests.layer_test_case import run_model_export_test
+from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 # A 300x333 image through a backbone whose stride-2 layers pad ("same"):
 # each level rounds up. And one whose valid poolings round down.
@@ -297,3 +298,54 @@ def test_export_runs_without_keras_fusion(fusion, export_format, tmp_path):
         atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
         fails_with=export_limit(export_format),
     )
+
+
+def test_mixed_precision_computes_in_float16_with_float32_variables():
+    levels = _levels(ROUNDED_UP)
+    layer = FeaturePyramid(num_filters=4, dtype="mixed_float16")
+    outputs = layer(levels)
+    for key, value in outputs.items():
+        assert keras.backend.standardize_dtype(value.dtype) == "float16", key
+    assert {v.dtype for v in layer.variables} == {"float32"}
+    reference = FeaturePyramid(num_filters=4)
+    reference(levels)
+    reference.set_weights(layer.get_weights())
+    expected = reference(levels)
+    for key, value in expected.items():
+        value = to_numpy(value)
+        np.testing.assert_allclose(
+            to_numpy(outputs[key]).astype("float32"),
+            value,
+            rtol=0,
+            atol=1e-2 * np.max(np.abs(value)),
+            err_msg=key,
+        )
+    model = _flat_model(FeaturePyramid(num_filters=4, dtype="mixed_float16"))
+    model.compile("sgd", "mse")
+    inputs = list(levels.values())
+    history = model.fit(
+        inputs, np.zeros(model.predict(inputs, verbose=0).shape), verbose=0
+    )
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_channels_first_matches_channels_last():
+    skip_unless_channels_first_convolution_runs()
+    levels = _levels(ROUNDED_UP)
+    last = FeaturePyramid(num_filters=4, use_p5=True)
+    expected = last(levels)
+    first = FeaturePyramid(
+        num_filters=4, use_p5=True, data_format="channels_first"
+    )
+    transposed = {k: np.transpose(v, (0, 3, 1, 2)) for k, v in levels.items()}
+    first(transposed)
+    first.set_weights(last.get_weights())
+    outputs = first(transposed)
+    for key, value in expected.items():
+        np.testing.assert_allclose(
+            np.transpose(to_numpy(outputs[key]), (0, 2, 3, 1)),
+            to_numpy(value),
+            rtol=0,
+            atol=1e-5,
+            err_msg=key,
+        )
