@@ -13,6 +13,7 @@ from keras_fusion.layers import CropAndConcat  # noqa: E402
 from keras_fusion.layers import FeaturePyramid  # noqa: E402
 from keras_fusion.layers import FusionSelector  # noqa: E402
 from keras_fusion.layers import MemoryEfficientDenseBlock  # noqa: E402
+from keras_fusion.layers import PathAggregation  # noqa: E402
 from keras_fusion.layers import Recompute  # noqa: E402
 from keras_fusion.layers import TransitionBlock  # noqa: E402
 from keras_fusion.layers import WeightedAdd  # noqa: E402
@@ -24,6 +25,7 @@ __all__ = [
     "FeaturePyramid",
     "FusionSelector",
     "MemoryEfficientDenseBlock",
+    "PathAggregation",
     "Recompute",
     "TransitionBlock",
     "WeightedAdd",

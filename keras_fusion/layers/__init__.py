@@ -9,6 +9,7 @@ from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.feature_pyramid import FeaturePyramid
 from keras_fusion.layers.fusion_selector import FusionSelector
+from keras_fusion.layers.path_aggregation import PathAggregation
 from keras_fusion.layers.recompute import Recompute
 from keras_fusion.layers.transition_block import TransitionBlock
 from keras_fusion.layers.weighted_add import WeightedAdd
@@ -18,6 +19,7 @@ __all__ = [
     "FeaturePyramid",
     "FusionSelector",
     "MemoryEfficientDenseBlock",
+    "PathAggregation",
     "Recompute",
     "TransitionBlock",
     "WeightedAdd",

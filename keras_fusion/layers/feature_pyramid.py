@@ -213,69 +213,77 @@ class FeaturePyramid(keras.layers.Layer):
     def _pyramid(self, inputs):
         """The neck's graph from the backbone's `inputs` (dict by level
         exponent): the output maps by level exponent."""
-        policy = self.dtype_policy
-        data_format = self.data_format
-        filters = self.num_filters
-
-        def conv(x, kernel_size, name, strides=1):
-            x = keras.layers.Conv2D(
-                filters,
-                kernel_size,
-                strides=strides,
-                padding="same",
-                data_format=data_format,
-                dtype=policy,
-                name=name,
-            )(x)
-            if self.batch_norm and kernel_size == 3:
-                x = keras.layers.BatchNormalization(
-                    axis=channel_axis(4, data_format),
-                    momentum=self.batch_norm_momentum,
-                    epsilon=self.batch_norm_epsilon,
-                    dtype=policy,
-                    name=f"{name}_bn",
-                )(x)
-            return x
-
         levels = self._levels
-        laterals = {k: conv(inputs[k], 1, f"lateral_p{k}") for k in levels}
+        laterals = {
+            k: self._conv(inputs[k], 1, f"lateral_p{k}") for k in levels
+        }
         merged = {levels[-1]: laterals[levels[-1]]}
         for k in reversed(levels[:-1]):
             up = keras.layers.UpSampling2D(
                 2,
                 interpolation="nearest",
-                data_format=data_format,
-                dtype=policy,
+                data_format=self.data_format,
+                dtype=self.dtype_policy,
                 name=f"upsample_p{k + 1}",
             )(merged[k + 1])
-            up = AlignTo(
-                self.align,
-                data_format=data_format,
-                dtype=policy,
-                name=f"align_p{k + 1}",
-            )([up, laterals[k]])
-            fused = FusionSelector(
-                mode=self.fusion,
-                weight_per_channel=self.weight_per_channel,
-                normalization=self.normalization,
-                data_format=data_format,
-                dtype=policy,
-                name=f"fusion_p{k}",
-            )([laterals[k], up])
-            if self.fusion == "concat":
-                fused = conv(fused, 1, f"projection_p{k}")
-            merged[k] = fused
-        outputs = {k: conv(merged[k], 3, f"output_p{k}") for k in levels}
+            up = self._align(up, laterals[k], self.align, f"align_p{k + 1}")
+            merged[k] = self._fuse([laterals[k], up], f"p{k}")
+        outputs = {k: self._conv(merged[k], 3, f"output_p{k}") for k in levels}
         top = levels[-1]
         source = outputs[top] if self.use_p5 else inputs[top]
         for k in range(top + 1, self.max_level + 1):
             if k > top + 1:
-                source = keras.layers.ReLU(dtype=policy, name=f"relu_p{k - 1}")(
-                    source
-                )
-            outputs[k] = conv(source, 3, f"output_p{k}", strides=2)
+                source = keras.layers.ReLU(
+                    dtype=self.dtype_policy, name=f"relu_p{k - 1}"
+                )(source)
+            outputs[k] = self._conv(source, 3, f"output_p{k}", strides=2)
             source = outputs[k]
         return outputs
+
+    def _conv(self, x, kernel_size, name, strides=1):
+        """A "same" convolution to `num_filters` channels; a 3x3 one is
+        followed by BatchNorm with `batch_norm`."""
+        x = keras.layers.Conv2D(
+            self.num_filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+            name=name,
+        )(x)
+        if self.batch_norm and kernel_size == 3:
+            x = keras.layers.BatchNormalization(
+                axis=channel_axis(4, self.data_format),
+                momentum=self.batch_norm_momentum,
+                epsilon=self.batch_norm_epsilon,
+                dtype=self.dtype_policy,
+                name=f"{name}_bn",
+            )(x)
+        return x
+
+    def _align(self, x, reference, method, name):
+        return AlignTo(
+            method,
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+            name=name,
+        )([x, reference])
+
+    def _fuse(self, maps, suffix):
+        """`maps` fused by `FusionSelector(mode=fusion)`, named
+        `fusion_{suffix}`; `"concat"` projected back to `num_filters`."""
+        fused = FusionSelector(
+            mode=self.fusion,
+            weight_per_channel=self.weight_per_channel,
+            normalization=self.normalization,
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+            name=f"fusion_{suffix}",
+        )(maps)
+        if self.fusion == "concat":
+            fused = self._conv(fused, 1, f"projection_{suffix}")
+        return fused
 
     def call(self, inputs, training=None):
         maps = [inputs[f"P{k}"] for k in self._levels]
