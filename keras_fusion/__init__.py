@@ -9,6 +9,7 @@ from keras_fusion._start_up import quiet_tensorflow_start_up as _quiet_start_up
 _quiet_start_up()
 
 from keras_fusion import ops  # noqa: E402
+from keras_fusion.layers import BiFPN  # noqa: E402
 from keras_fusion.layers import CropAndConcat  # noqa: E402
 from keras_fusion.layers import FeaturePyramid  # noqa: E402
 from keras_fusion.layers import FusionSelector  # noqa: E402
@@ -21,6 +22,7 @@ from keras_fusion.layers import WeightedAdd  # noqa: E402
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BiFPN",
     "CropAndConcat",
     "FeaturePyramid",
     "FusionSelector",

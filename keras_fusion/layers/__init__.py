@@ -5,6 +5,7 @@
 # which `.keras` files of their models name.
 from keras_fusion.layers import _densenet_stem  # noqa: F401
 from keras_fusion.layers import _input_size_check  # noqa: F401
+from keras_fusion.layers.bifpn import BiFPN
 from keras_fusion.layers.crop_and_concat import CropAndConcat
 from keras_fusion.layers.dense_block import MemoryEfficientDenseBlock
 from keras_fusion.layers.feature_pyramid import FeaturePyramid
@@ -15,6 +16,7 @@ from keras_fusion.layers.transition_block import TransitionBlock
 from keras_fusion.layers.weighted_add import WeightedAdd
 
 __all__ = [
+    "BiFPN",
     "CropAndConcat",
     "FeaturePyramid",
     "FusionSelector",

@@ -160,6 +160,7 @@ class FeaturePyramid(keras.layers.Layer):
         ) = check_batch_norm_arguments(batch_norm_momentum, batch_norm_epsilon)
         self.recompute = check_bool(recompute, "recompute")
         self.data_format = standardize_data_format(data_format)
+        self._channel_axis = channel_axis(4, self.data_format)
 
     def build(self, input_shape):
         self._levels = self._backbone_levels(input_shape)
@@ -178,7 +179,7 @@ class FeaturePyramid(keras.layers.Layer):
             [outputs[k] for k in self._output_levels],
             name="feature_pyramid",
         )
-        self.network = Recompute(network) if self.recompute else network
+        self.network = self._recomputed(network)
         self.network.build([inputs[k].shape for k in self._levels])
 
     def _backbone_levels(self, input_shape):
@@ -242,25 +243,35 @@ class FeaturePyramid(keras.layers.Layer):
 
     def _conv(self, x, kernel_size, name, strides=1):
         """A "same" convolution to `num_filters` channels; a 3x3 one is
-        followed by BatchNorm with `batch_norm`."""
+        followed by BatchNorm with `batch_norm` (and then has no bias)."""
+        batch_norm = self.batch_norm and kernel_size == 3
         x = keras.layers.Conv2D(
             self.num_filters,
             kernel_size,
             strides=strides,
             padding="same",
+            # No bias before BatchNorm, which would cancel it.
+            use_bias=not batch_norm,
             data_format=self.data_format,
             dtype=self.dtype_policy,
             name=name,
         )(x)
-        if self.batch_norm and kernel_size == 3:
-            x = keras.layers.BatchNormalization(
-                axis=channel_axis(4, self.data_format),
-                momentum=self.batch_norm_momentum,
-                epsilon=self.batch_norm_epsilon,
-                dtype=self.dtype_policy,
-                name=f"{name}_bn",
-            )(x)
+        if batch_norm:
+            x = self._batch_norm(x, f"{name}_bn")
         return x
+
+    def _batch_norm(self, x, name):
+        return keras.layers.BatchNormalization(
+            axis=self._channel_axis,
+            momentum=self.batch_norm_momentum,
+            epsilon=self.batch_norm_epsilon,
+            dtype=self.dtype_policy,
+            name=name,
+        )(x)
+
+    def _recomputed(self, network):
+        """The neck's network, in `Recompute` with `recompute`."""
+        return Recompute(network) if self.recompute else network
 
     def _align(self, x, reference, method, name):
         return AlignTo(
