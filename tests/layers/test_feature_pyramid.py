@@ -9,6 +9,7 @@ from keras_fusion import FeaturePyramid
 from keras_fusion import Recompute
 from tests.backend_utils import to_numpy
 from tests.backend_utils import value_and_grads
+from tests.backend_utils import weighted_loss
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
 from tests.layer_test_case import run_model_export_test
@@ -188,27 +189,29 @@ def _mean_of_squares(y):
     return keras.ops.mean(keras.ops.square(keras.ops.cast(y, "float32")))
 
 
-@pytest.mark.parametrize("fusion", ["add", "weighted_add"])
-def test_recomputed_pyramid_trains_as_the_plain_one(fusion):
-    keras.utils.set_random_seed(0)
-    kwargs = {"num_filters": 4, "batch_norm": True, "fusion": fusion}
-    plain = _flat_model(FeaturePyramid(**kwargs))
-    neck = FeaturePyramid(recompute=True, **kwargs)
-    ours = _flat_model(neck)
-    assert isinstance(neck.network, Recompute)
+def assert_trains_as_the_plain_neck(
+    ours, plain, loss_fn=weighted_loss, learning_rate=0.1
+):
+    """`ours` (a recomputing neck's `_flat_model`) trains as `plain` over 3
+    SGD steps on levels in `keras.config.floatx()`: outputs to 1e-6 and
+    every gradient (the inputs' first) to 1e-5 of each tensor's largest
+    magnitude, non-trainable variables to 1e-6 after each step; both take
+    the plain model's update. Recompiled apart (JAX's remat), float32
+    sums round apart, hence tolerances of each tensor's scale."""
     ours.set_weights(plain.get_weights())
-    optimizer = keras.optimizers.SGD(0.1)
+    optimizer = keras.optimizers.SGD(learning_rate)
     for step in range(3):
-        levels = list(_levels(ROUNDED_UP, seed=step).values())
-        y_plain, g_plain = value_and_grads(plain, levels, _mean_of_squares)
-        y_ours, g_ours = value_and_grads(ours, levels, _mean_of_squares)
-        # Compiled apart (JAX's remat), float32 sums round apart: each
-        # tensor to 1e-6 of its largest magnitude, gradients to 1e-5.
+        levels = [
+            x.astype(keras.config.floatx())
+            for x in _levels(ROUNDED_UP, seed=step).values()
+        ]
+        y_plain, g_plain = value_and_grads(plain, levels, loss_fn)
+        y_ours, g_ours = value_and_grads(ours, levels, loss_fn)
         scale = np.max(np.abs(y_plain))
         np.testing.assert_allclose(y_ours, y_plain, rtol=0, atol=1e-6 * scale)
-        mine_flat = [*g_ours[0], *g_ours[1:]]
-        plain_flat = [*g_plain[0], *g_plain[1:]]
-        for mine, reference in zip(mine_flat, plain_flat, strict=True):
+        for mine, reference in zip(
+            [*g_ours[0], *g_ours[1:]], [*g_plain[0], *g_plain[1:]], strict=True
+        ):
             scale = np.max(np.abs(reference))
             np.testing.assert_allclose(
                 mine, reference, rtol=0, atol=1e-5 * scale
@@ -224,6 +227,17 @@ def test_recomputed_pyramid_trains_as_the_plain_one(fusion):
             plain.trainable_variables,
         )
         ours.set_weights(plain.get_weights())
+
+
+@pytest.mark.parametrize("fusion", ["add", "weighted_add"])
+def test_recomputed_pyramid_trains_as_the_plain_one(fusion):
+    keras.utils.set_random_seed(0)
+    kwargs = {"num_filters": 4, "batch_norm": True, "fusion": fusion}
+    plain = _flat_model(FeaturePyramid(**kwargs))
+    neck = FeaturePyramid(recompute=True, **kwargs)
+    ours = _flat_model(neck)
+    assert isinstance(neck.network, Recompute)
+    assert_trains_as_the_plain_neck(ours, plain, _mean_of_squares)
 
 
 def test_keras_file_round_trip(tmp_path):

@@ -9,7 +9,6 @@ from keras_fusion import FeaturePyramid
 from keras_fusion import PathAggregation
 from keras_fusion import Recompute
 from tests.backend_utils import to_numpy
-from tests.backend_utils import value_and_grads
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
 from tests.layer_test_case import run_model_export_test
@@ -20,6 +19,7 @@ from tests.layers.test_feature_pyramid import _flat_model
 from tests.layers.test_feature_pyramid import _levels
 from tests.layers.test_feature_pyramid import _mean_of_squares
 from tests.layers.test_feature_pyramid import _weights
+from tests.layers.test_feature_pyramid import assert_trains_as_the_plain_neck
 from tests.layers.test_feature_pyramid import numpy_conv
 from tests.layers.test_feature_pyramid import numpy_feature_pyramid
 
@@ -81,32 +81,7 @@ def test_recomputed_neck_trains_as_the_plain_one():
     neck = PathAggregation(recompute=True, **kwargs)
     ours = _flat_model(neck)
     assert isinstance(neck.network, Recompute)
-    ours.set_weights(plain.get_weights())
-    optimizer = keras.optimizers.SGD(0.1)
-    for step in range(3):
-        levels = list(_levels(ROUNDED_UP, seed=step).values())
-        y_plain, g_plain = value_and_grads(plain, levels, _mean_of_squares)
-        y_ours, g_ours = value_and_grads(ours, levels, _mean_of_squares)
-        scale = np.max(np.abs(y_plain))
-        np.testing.assert_allclose(y_ours, y_plain, rtol=0, atol=1e-6 * scale)
-        for mine, reference in zip(
-            [*g_ours[0], *g_ours[1:]], [*g_plain[0], *g_plain[1:]], strict=True
-        ):
-            scale = np.max(np.abs(reference))
-            np.testing.assert_allclose(
-                mine, reference, rtol=0, atol=1e-5 * scale
-            )
-        for mine, reference in zip(
-            ours.non_trainable_weights, plain.non_trainable_weights, strict=True
-        ):
-            np.testing.assert_allclose(
-                to_numpy(mine), to_numpy(reference), atol=1e-6
-            )
-        optimizer.apply(
-            [keras.ops.convert_to_tensor(g) for g in g_plain[1:]],
-            plain.trainable_variables,
-        )
-        ours.set_weights(plain.get_weights())
+    assert_trains_as_the_plain_neck(ours, plain, _mean_of_squares)
 
 
 def test_keras_file_round_trip(tmp_path):
