@@ -126,13 +126,13 @@ def export_format_of(path):
     return "tf_saved_model"
 
 
-def _arrays_and_names(path, inputs, input_names):
+def _arrays_and_names(export_format, inputs, input_names):
     arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     if len(arrays) == 1:
         # One input: each runtime has just one to feed, whatever its name.
         return arrays, []
     if input_names is None:
-        if export_format_of(path) == "litert":
+        if export_format == "litert":
             raise ValueError(
                 "Running a LiteRT model with several inputs needs their "
                 "names: pass `input_names=[t.name for t in model.inputs]`. "
@@ -170,7 +170,7 @@ def serve_in_fresh_process(path, inputs, input_names=None, timeout=600):
         The (first) output as a NumPy array.
     """
     export_format = export_format_of(path)
-    arrays, names = _arrays_and_names(path, inputs, input_names)
+    arrays, names = _arrays_and_names(export_format, inputs, input_names)
     with tempfile.TemporaryDirectory() as directory:
         inputs_path, outputs_path = _save_inputs(directory, arrays)
         result = subprocess.run(
@@ -214,7 +214,7 @@ class ExportServer:
         the result of `serve_in_fresh_process`. An export that fails to
         load or run raises a `RuntimeError` with its traceback."""
         export_format = export_format_of(path)
-        arrays, names = _arrays_and_names(path, inputs, input_names)
+        arrays, names = _arrays_and_names(export_format, inputs, input_names)
         with tempfile.TemporaryDirectory() as directory:
             inputs_path, outputs_path = _save_inputs(directory, arrays)
             request = [str(path), inputs_path, outputs_path, names]

@@ -165,7 +165,7 @@ class FeaturePyramid(keras.layers.Layer):
     def build(self, input_shape):
         self._levels = self._backbone_levels(input_shape)
         self._output_levels = list(range(self.min_level, self.max_level + 1))
-        axis = channel_axis(4, self.data_format)
+        axis = self._channel_axis
         inputs = {}
         for k in self._levels:
             shape = [None, None, None]
@@ -310,7 +310,7 @@ class FeaturePyramid(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         levels = self._backbone_levels(input_shape)
-        axis = channel_axis(4, self.data_format)
+        axis = self._channel_axis
         shapes = {}
         for k in range(self.min_level, self.max_level + 1):
             if k in levels:
