@@ -101,6 +101,38 @@ def sgd_training_step(model, x, loss_fn, y=None, learning_rate=0.01):
     return train_step, optimizer
 
 
+def summary(group, peak_ratios, time_ratios):
+    """The medians of a configuration's runs (`group`, `measure_step`
+    results with `parameters`) and of its per-round ratios against plain,
+    with the runs themselves: the fields every comparison table reads."""
+    import statistics
+
+    return {
+        "parameters": group[0]["parameters"],
+        "peak_bytes": statistics.median(r["peak_bytes"] for r in group),
+        "step_seconds": statistics.median(r["step_seconds"] for r in group),
+        "peak_ratios": peak_ratios,
+        "time_ratios": time_ratios,
+        "peak_ratio": statistics.median(peak_ratios),
+        "time_ratio": statistics.median(time_ratios),
+        "runs": group,
+    }
+
+
+def target_row(what, ratios, target):
+    """A row of a targets table: the median of the per-round `ratios`
+    (recompute against plain), each round's, and whether the median is at
+    most `target`."""
+    import statistics
+
+    measured = ", ".join(f"{r:.3f}" for r in ratios)
+    holds = statistics.median(ratios) <= target
+    return (
+        f"| {what} <= {target}x plain | {statistics.median(ratios):.3f} "
+        f"({measured}) | {'yes' if holds else '**no**'} |"
+    )
+
+
 def fit_line(points):
     """Least-squares `(a, b)` of `y = a + b * x` through `(x, y)` points
     (e.g. a step's peak against its batch size)."""

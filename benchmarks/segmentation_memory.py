@@ -35,7 +35,6 @@ warm-up. Writes `benchmarks/results/segmentation_memory.{md,json,png}`
 
 import argparse
 import os
-import statistics
 
 from benchmarks.common import RESULTS_DIR
 from benchmarks.common import allocators
@@ -45,6 +44,8 @@ from benchmarks.common import largest_square_side
 from benchmarks.common import plot_peak_fits
 from benchmarks.common import run_worker
 from benchmarks.common import sgd_training_step
+from benchmarks.common import summary
+from benchmarks.common import target_row
 from benchmarks.common import write_results
 from keras_fusion._tools.profiling import measure_step
 
@@ -150,14 +151,7 @@ def _row(model_name, implementation, side, batch, group, peaks, times):
         "implementation": implementation,
         "size": [side, side],
         "batch": batch,
-        "parameters": group[0]["parameters"],
-        "peak_bytes": statistics.median(r["peak_bytes"] for r in group),
-        "step_seconds": statistics.median(r["step_seconds"] for r in group),
-        "peak_ratios": peaks,
-        "time_ratios": times,
-        "peak_ratio": statistics.median(peaks),
-        "time_ratio": statistics.median(times),
-        "runs": group,
+        **summary(group, peaks, times),
     }
 
 
@@ -193,15 +187,6 @@ def _against_unet(runs, unet_plain, side, batch):
         group,
         [r["peak_bytes"] / unet_plain["peak_bytes"] for r in group],
         [r["step_seconds"] / unet_plain["step_seconds"] for r in group],
-    )
-
-
-def _target_row(what, ratios, target):
-    measured = ", ".join(f"{r:.3f}" for r in ratios)
-    holds = statistics.median(ratios) <= target
-    return (
-        f"| {what} <= {target}x plain | {statistics.median(ratios):.3f} "
-        f"({measured}) | {'yes' if holds else '**no**'} |"
     )
 
 
@@ -277,8 +262,8 @@ def main():
     ]
     recompute = unet[1]
     targets = [
-        _target_row("peak", recompute["peak_ratios"], PEAK_TARGET),
-        _target_row("step time", recompute["time_ratios"], TIME_TARGET),
+        target_row("peak", recompute["peak_ratios"], PEAK_TARGET),
+        target_row("step time", recompute["time_ratios"], TIME_TARGET),
     ]
     first = runs[("UNet", "plain", side, batch)][0]
     variable_bytes = first["variable_bytes"]

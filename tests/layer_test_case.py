@@ -67,8 +67,14 @@ def serve(path, inputs, input_names=None):
 
 
 def make_inputs(input_shape, seed=0, dtype="float32"):
-    """Random inputs: one array, or a list for a list of shapes."""
+    """Random inputs: one array, a list for a list of shapes, a dict for a
+    dict of shapes."""
     rng = np.random.default_rng(seed)
+    if _is_dict(input_shape):
+        return {
+            key: rng.standard_normal(shape).astype(dtype)
+            for key, shape in input_shape.items()
+        }
     if _is_multi(input_shape):
         return [rng.standard_normal(s).astype(dtype) for s in input_shape]
     return rng.standard_normal(input_shape).astype(dtype)
@@ -94,13 +100,16 @@ def run_layer_test(
         layer_cls: the layer class.
         init_kwargs: constructor arguments.
         input_shape: a full input shape (batch included), or a list of
-            them for a layer called on a list.
+            them for a layer called on a list, or a dict of them for a
+            layer called on a dict (the necks' `{"P3": ..., "P5": ...}`,
+            given to models as inputs named by their keys).
         tmp_path: a directory for the saved files (pytest's `tmp_path`).
         expected_num_trainable_weights: the number of trainable weights of
             the built layer.
         expected_num_non_trainable_weights: the number of non-trainable
             weights (BatchNorm moving statistics) of the built layer.
-        expected_output_shape: if given, the eager output shape.
+        expected_output_shape: if given, the eager output shape (a dict
+            of them for a layer that returns a dict).
         run_mixed_precision: run the `mixed_float16` check (5).
         float16_kernels_missing: why the `mixed_float16` check cannot run
             here (`missing_float16_kernels`): the other checks run, then
@@ -113,7 +122,7 @@ def run_layer_test(
     _check_config(layer_cls, layer, init_kwargs)
 
     data = make_inputs(input_shape)
-    eager_output = to_numpy(layer(data))
+    eager_output = _numpy(layer(data))
     assert len(layer.trainable_weights) == expected_num_trainable_weights, (
         f"{len(layer.trainable_weights)} trainable weights, expected "
         f"{expected_num_trainable_weights}"
@@ -126,7 +135,12 @@ def run_layer_test(
     )
     check_distinct_initial_kernels(layer)
     if expected_output_shape is not None:
-        assert eager_output.shape == tuple(expected_output_shape)
+        if _is_dict(eager_output):
+            assert {k: x.shape for k, x in eager_output.items()} == {
+                k: tuple(s) for k, s in expected_output_shape.items()
+            }
+        else:
+            assert eager_output.shape == tuple(expected_output_shape)
     data_format = getattr(layer, "data_format", "channels_last")
     _check_shapes(layer_cls, init_kwargs, input_shape, data_format, layer)
 
@@ -134,7 +148,7 @@ def run_layer_test(
         _construct(layer_cls, init_kwargs),
         _dynamic_shapes(input_shape, data_format),
     )
-    reference = to_numpy(model(data, training=False))
+    reference = _numpy(model(data, training=False))
 
     _check_keras_file(model, data, reference, tmp_path)
     _check_fit(model, data, reference)
@@ -161,13 +175,21 @@ def run_export_test(
     atol=1e-6,
     export_format="tf_saved_model",
     fails_with=None,
+    second_input_shape=None,
 ):
     """Check 4: a model holding the layer, with `None` spatial sizes,
     exported with `model.export(format=export_format)` and run by the
     format's runtime in a process that never imports keras_fusion (nor,
     for LiteRT and ONNX, TensorFlow or Keras), gives `predict`'s outputs
-    at `input_shape` and at a second size (3 more on every spatial
-    axis).
+    at `input_shape` and at a second size (`second_input_shape`; by
+    default 3 more on every spatial axis, which a pyramid of levels, a
+    dict, cannot take: it must be given).
+
+    A layer called on a dict (`input_shape` a dict) is exported in a model
+    whose inputs are a list named by the keys; one that returns several
+    maps (a dict) in a model whose one output concatenates them,
+    flattened, in key order: the servers feed and read one structure for
+    every format.
 
     `fails_with`, from `export_limit`: `(exception type, message regex)`
     of an export its converter or runtime cannot do, asserted instead.
@@ -176,10 +198,13 @@ def run_export_test(
     layer = _construct(layer_cls, init_kwargs)
     data_format = getattr(layer, "data_format", "channels_last")
     model = _functional_model(layer, _dynamic_shapes(input_shape, data_format))
-    data = [
-        make_inputs(shape)
-        for shape in (input_shape, _grown(input_shape, data_format, 3))
-    ]
+    if second_input_shape is None:
+        if _is_dict(input_shape):
+            raise ValueError("a dict of input shapes needs second_input_shape")
+        second_input_shape = _grown(input_shape, data_format, 3)
+    data = [make_inputs(shape) for shape in (input_shape, second_input_shape)]
+    if _is_dict(input_shape):
+        model, data = _flat_io(model, data)
     run_model_export_test(
         model,
         data,
@@ -188,7 +213,7 @@ def run_export_test(
         atol=atol,
         fails_with=fails_with,
         # A layer with one input exports from JAX with `None` sizes too.
-        fixed_sizes_on_jax=_is_multi(input_shape),
+        fixed_sizes_on_jax=_is_multi(input_shape) or _is_dict(input_shape),
     )
 
 
@@ -432,8 +457,53 @@ def _fresh(value):
     return value
 
 
+def _is_dict(input_shape):
+    return isinstance(input_shape, dict)
+
+
 def _is_multi(input_shape):
-    return isinstance(input_shape[0], (list, tuple))
+    return not _is_dict(input_shape) and isinstance(
+        input_shape[0], (list, tuple)
+    )
+
+
+def _numpy(value):
+    """A tensor, or a list or dict of them, as NumPy arrays."""
+    return keras.tree.map_structure(to_numpy, value)
+
+
+def assert_same_structure_close(actual, expected, atol=0.0, err_msg=""):
+    """Two arrays, or two lists or dicts of them, agree to `atol`
+    (`atol=0`: equal)."""
+    keras.tree.assert_same_structure(actual, expected)
+    for a, b in zip(
+        keras.tree.flatten(actual), keras.tree.flatten(expected), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=err_msg)
+
+
+def _map_shapes(function, input_shape):
+    """`function` of each shape, in `input_shape`'s structure (one shape,
+    a list of them or a dict of them)."""
+    if _is_dict(input_shape):
+        return {key: function(s) for key, s in input_shape.items()}
+    if _is_multi(input_shape):
+        return [function(s) for s in input_shape]
+    return function(input_shape)
+
+
+def _flat_io(model, data):
+    """`model` (dict inputs) as a model of a list of inputs named by the
+    keys, with its outputs flattened and concatenated in key order, and
+    `data` (dicts) as lists in the same order."""
+    keys = [t.name for t in model.inputs]
+    inputs = [keras.Input(shape=t.shape[1:], name=t.name) for t in model.inputs]
+    outputs = keras.tree.flatten(model(dict(zip(keys, inputs, strict=True))))
+    if len(outputs) > 1:
+        flat = [keras.layers.Flatten()(x) for x in outputs]
+        outputs = [keras.layers.Concatenate()(flat)]
+    flat_model = keras.Model(inputs, outputs[0])
+    return flat_model, [[x[key] for key in keys] for x in data]
 
 
 def _is_multi_data(data):
@@ -445,40 +515,41 @@ def _as_list(value):
 
 
 def _symbolic_inputs(shapes):
-    inputs = [keras.Input(shape=tuple(s[1:])) for s in _as_shape_list(shapes)]
-    return inputs if _is_multi(shapes) else inputs[0]
-
-
-def _as_shape_list(input_shape):
-    return list(input_shape) if _is_multi(input_shape) else [input_shape]
+    if _is_dict(shapes):
+        return {
+            key: keras.Input(shape=tuple(s[1:]), name=key)
+            for key, s in shapes.items()
+        }
+    return _map_shapes(lambda s: keras.Input(shape=tuple(s[1:])), shapes)
 
 
 def _dynamic_shapes(input_shape, data_format):
     """The shapes with batch and spatial sizes set to `None`."""
-    out = []
-    for shape in _as_shape_list(input_shape):
+
+    def dynamic(shape):
         shape = list(shape)
         shape[0] = None
         for axis in spatial_axes(len(shape), data_format):
             shape[axis] = None
-        out.append(tuple(shape))
-    return out if _is_multi(input_shape) else out[0]
+        return tuple(shape)
+
+    return _map_shapes(dynamic, input_shape)
 
 
 def _grown(input_shape, data_format, by):
     """The shapes with every spatial size `by` larger."""
-    out = []
-    for shape in _as_shape_list(input_shape):
+
+    def grown(shape):
         shape = list(shape)
         for axis in spatial_axes(len(shape), data_format):
             shape[axis] += by
-        out.append(tuple(shape))
-    return out if _is_multi(input_shape) else out[0]
+        return tuple(shape)
+
+    return _map_shapes(grown, input_shape)
 
 
 def _with_batch(input_shape, batch):
-    shapes = [(batch, *s[1:]) for s in _as_shape_list(input_shape)]
-    return shapes if _is_multi(input_shape) else shapes[0]
+    return _map_shapes(lambda s: (batch, *s[1:]), input_shape)
 
 
 def _functional_model(layer, shapes):
@@ -511,35 +582,43 @@ def _json(value):
 
 
 def _check_shapes(layer_cls, init_kwargs, input_shape, data_format, layer):
-    eager_shape = tuple(layer(make_inputs(input_shape)).shape)
+    eager = layer(make_inputs(input_shape))
     concrete = layer.compute_output_shape(input_shape)
-    assert tuple(concrete) == eager_shape
+
+    # A dict of outputs has a dict of shapes (compared in key order); one
+    # output, one shape.
+    def outputs_of(value):
+        return [value[k] for k in sorted(value)] if _is_dict(value) else [value]
+
+    eager_shapes = [tuple(x.shape) for x in outputs_of(eager)]
+    assert [tuple(s) for s in outputs_of(concrete)] == eager_shapes
 
     for shapes in (
         _with_batch(input_shape, None),
         _dynamic_shapes(input_shape, data_format),
     ):
         symbolic_layer = _construct(layer_cls, init_kwargs)
-        outputs = symbolic_layer(_symbolic_inputs(shapes))
-        expected = symbolic_layer.compute_output_shape(shapes)
-        assert tuple(outputs.shape) == tuple(expected), (
-            f"symbolic output shape {outputs.shape} != compute_output_shape "
-            f"{expected} for input shapes {shapes}"
-        )
-        for symbolic, actual in zip(outputs.shape, eager_shape, strict=True):
-            assert symbolic is None or symbolic == actual, (
-                f"symbolic output shape {outputs.shape} does not match the "
-                f"eager output shape {eager_shape}"
+        outputs = outputs_of(symbolic_layer(_symbolic_inputs(shapes)))
+        expected = outputs_of(symbolic_layer.compute_output_shape(shapes))
+        for output, shape, eager_shape in zip(
+            outputs, expected, eager_shapes, strict=True
+        ):
+            assert tuple(output.shape) == tuple(shape), (
+                f"symbolic output shape {output.shape} != "
+                f"compute_output_shape {shape} for input shapes {shapes}"
             )
+            for symbolic, actual in zip(output.shape, eager_shape, strict=True):
+                assert symbolic is None or symbolic == actual, (
+                    f"symbolic output shape {output.shape} does not match "
+                    f"the eager output shape {eager_shape}"
+                )
 
 
 def _check_keras_file(model, data, reference, tmp_path):
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(
-        to_numpy(loaded(data, training=False)), reference
-    )
+    assert_same_structure_close(_numpy(loaded(data, training=False)), reference)
 
 
 # The formats of `model.export()`, each under the Keras backends that write
@@ -645,21 +724,26 @@ def check_export_refuses(
 
 def _fit_one_step(model, data, target):
     model.compile(optimizer="sgd", loss="mse")
-    history = model.fit(data, target, batch_size=len(target), verbose=0)
+    batch = len(keras.tree.flatten(target)[0])
+    history = model.fit(data, target, batch_size=batch, verbose=0)
     loss = history.history["loss"][-1]
     assert np.isfinite(loss), f"fit step gave a non-finite loss {loss}"
 
 
 def _check_fit(model, data, reference):
-    target = np.random.default_rng(1).standard_normal(reference.shape)
-    _fit_one_step(model, data, target.astype("float32"))
+    rng = np.random.default_rng(1)
+    target = keras.tree.map_structure(
+        lambda x: rng.standard_normal(x.shape).astype("float32"), reference
+    )
+    _fit_one_step(model, data, target)
 
 
 def _check_mixed_precision(layer_cls, init_kwargs, input_shape, data):
     kwargs = {**init_kwargs, "dtype": "mixed_float16"}
     layer = _construct(layer_cls, kwargs)
     output = layer(data)
-    assert keras.backend.standardize_dtype(output.dtype) == "float16"
+    for x in keras.tree.flatten(output):
+        assert keras.backend.standardize_dtype(x.dtype) == "float16"
     for variable in layer.variables:
         if not keras.backend.is_float_dtype(variable.dtype):
             continue  # e.g. a dropout seed generator's int64 state
@@ -670,7 +754,9 @@ def _check_mixed_precision(layer_cls, init_kwargs, input_shape, data):
     model = _functional_model(
         _construct(layer_cls, kwargs), _with_batch(input_shape, None)
     )
-    target = np.zeros(output.shape, dtype="float32")
+    target = keras.tree.map_structure(
+        lambda x: np.zeros(x.shape, dtype="float32"), output
+    )
     _fit_one_step(model, data, target)
 
 
@@ -681,7 +767,7 @@ def _check_jit_compile(
         _construct(layer_cls, init_kwargs),
         _dynamic_shapes(input_shape, data_format),
     )
-    eager = to_numpy(model(data, training=False))
+    eager = _numpy(model(data, training=False))
     model.compile(jit_compile=True)
     compiled = model.predict_on_batch(data)
-    np.testing.assert_allclose(compiled, eager, rtol=0, atol=atol)
+    assert_same_structure_close(compiled, eager, atol)

@@ -31,6 +31,7 @@ NOTEBOOKS = [
     "06_export.ipynb",
     "07_tiramisu.ipynb",
     "08_pretrained_encoders.ipynb",
+    "09_detection_necks.ipynb",
 ]
 # Figures (PNG outputs) each notebook commits.
 FIGURES = {
@@ -39,6 +40,7 @@ FIGURES = {
     "05_memory_efficient_densenet.ipynb": 1,
     "07_tiramisu.ipynb": 2,
     "08_pretrained_encoders.ipynb": 1,
+    "09_detection_necks.ipynb": 2,
 }
 KERNEL_NAME = "keras-fusion-tests"
 CELL_TIMEOUT = 600
@@ -209,16 +211,20 @@ def test_committed_notebook_shows_the_seed_outputs(name):
 
 
 # Notebooks that teach TensorFlow artifacts: TensorFlow's allocator peaks
-# (05) and SavedModel export (06); and 08, which fine-tunes two U-Nets for
+# (05) and SavedModel export (06); 08, which fine-tunes two U-Nets for
 # minutes, where tests/models/test_decoders.py runs the decoders, their
-# recomputation and freezing under every backend. The others run under
-# every backend.
+# recomputation and freezing under every backend; and 09, which trains five
+# BiFPN detectors, where tests/layers/test_bifpn.py runs the neck under
+# every backend. The others run under every backend.
 TENSORFLOW_NOTEBOOKS = {
     "05_memory_efficient_densenet.ipynb": "measures TensorFlow's allocator",
     "06_export.ipynb": "exports and serves a SavedModel",
     "08_pretrained_encoders.ipynb": "fine-tunes two U-Nets for minutes; "
     "tests/models/test_decoders.py runs the decoders on every backend, "
     "and CI must stay under 45 minutes",
+    "09_detection_necks.ipynb": "trains five small detectors for two "
+    "minutes; tests/layers/test_bifpn.py runs the BiFPN and its fusions on "
+    "every backend, and CI must stay under 45 minutes",
 }
 
 

@@ -8,6 +8,7 @@ Reference:
 import keras
 
 from keras_fusion.layers.feature_pyramid import FeaturePyramid
+from keras_fusion.layers.recompute import Recompute
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
@@ -27,8 +28,9 @@ class PathAggregation(FeaturePyramid):
     least the size of the level it meets and is centre-cropped to it:
     the output levels keep the pyramid's sizes, odd ones included.
 
-    With `recompute=True` the whole neck, both paths, runs in
-    `keras_fusion.Recompute`.
+    The two paths are functional sub-models, `top_down` and `bottom_up`;
+    with `recompute=True` each runs in `keras_fusion.Recompute`, so the
+    backward pass recomputes one path at a time.
 
     Example:
 
@@ -53,7 +55,40 @@ class PathAggregation(FeaturePyramid):
     """
 
     def _pyramid(self, inputs):
-        top_down = super()._pyramid(inputs)
+        top_down = self._as_path("top_down", super()._pyramid, inputs)
+        return self._as_path("bottom_up", self._bottom_up, top_down)
+
+    def _as_path(self, name, build, maps):
+        """`build(maps)` (dicts by level exponent) as a functional
+        sub-model named `name`, in `Recompute` with `recompute`."""
+        keys = sorted(maps)
+        inputs = {
+            k: keras.Input(
+                shape=tuple(maps[k].shape[1:]),
+                dtype=self.compute_dtype,
+                name=f"{name}_p{k}",
+            )
+            for k in keys
+        }
+        outputs = build(inputs)
+        levels = sorted(outputs)
+        path = keras.Model(
+            [inputs[k] for k in keys],
+            [outputs[k] for k in levels],
+            name=name,
+        )
+        if self.recompute:
+            path = Recompute(path, name=f"{name}_recompute")
+        results = path([maps[k] for k in keys])
+        if not isinstance(results, (list, tuple)):
+            results = [results]
+        return dict(zip(levels, results, strict=True))
+
+    def _recomputed(self, network):
+        # Each path is in `Recompute` already (`_as_path`).
+        return network
+
+    def _bottom_up(self, top_down):
         levels = self._output_levels
         outputs = {levels[0]: top_down[levels[0]]}
         for k in levels[1:]:

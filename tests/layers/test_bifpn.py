@@ -13,15 +13,17 @@ from tests.backend_utils import run_with_jax_x64
 from tests.backend_utils import to_numpy
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
-from tests.layer_test_case import run_model_export_test
+from tests.layer_test_case import run_export_test
 from tests.layers.test_feature_pyramid import ROUNDED_DOWN
 from tests.layers.test_feature_pyramid import ROUNDED_UP
 from tests.layers.test_feature_pyramid import ROUNDED_UP_SQUARE
 from tests.layers.test_feature_pyramid import _flat_model
 from tests.layers.test_feature_pyramid import _levels
 from tests.layers.test_feature_pyramid import assert_trains_as_the_plain_neck
+from tests.layers.test_feature_pyramid import level_shapes
 from tests.layers.test_feature_pyramid import numpy_align
 from tests.layers.test_feature_pyramid import numpy_conv
+from tests.layers.test_feature_pyramid import run_neck_layer_test
 from tests.layers.test_weighted_add import numpy_weighted_add
 
 BACKBONE = {"P3": 5, "P4": 6, "P5": 7}
@@ -270,23 +272,54 @@ def test_keras_file_round_trip(tmp_path):
     assert BiFPN.from_config(config).get_config() == config
 
 
+@pytest.mark.parametrize(
+    "kwargs, trainable, non_trainable",
+    [
+        # P6 from P5 (7 channels): a 1x1 kernel and BatchNorm (gamma,
+        # beta; 2 moving statistics); P7 pools P6 (4 channels already).
+        # The first cell resamples P3, P4, P5 for the top-down pass and P4,
+        # P5 for the bottom-up one: 5 x (kernel, gamma, beta). Per cell, 8
+        # nodes of a fusion weight, depthwise and pointwise kernels, gamma
+        # and beta.
+        ({"num_filters": 4, "num_repeats": 2}, 3 + 15 + 2 * 40, 2 + 10 + 32),
+        (
+            {
+                "num_filters": 4,
+                "num_repeats": 2,
+                "weight_per_channel": True,
+                "normalization": "softmax",
+                "recompute": True,
+            },
+            98,
+            44,
+        ),
+        # concat: no fusion weight, a 1x1 projection with bias per node.
+        (
+            {"num_filters": 4, "num_repeats": 1, "fusion": "concat"},
+            3 + 15 + 48,
+            2 + 10 + 16,
+        ),
+    ],
+    ids=["fastattn", "channel_attn_recompute", "concat"],
+)
+def test_layer_checks(kwargs, trainable, non_trainable, tmp_path):
+    run_neck_layer_test(BiFPN, kwargs, trainable, non_trainable, tmp_path)
+
+
 @pytest.mark.slow
 @EXPORT_FORMATS
 def test_export_runs_without_keras_fusion(export_format, tmp_path):
     # One cell: the second is the same operations again, and each cell
     # adds ~25 s to a SavedModel export here.
-    keras.utils.set_random_seed(0)
-    model = _flat_model(BiFPN(num_filters=4, num_repeats=1))
-    run_model_export_test(
-        model,
-        [
-            list(_levels(ROUNDED_UP).values()),
-            list(_levels(ROUNDED_UP_SQUARE, seed=1).values()),
-        ],
+    run_export_test(
+        BiFPN,
+        {"num_filters": 4, "num_repeats": 1},
+        level_shapes(ROUNDED_UP),
         tmp_path,
-        export_format,
         atol=1e-5,
+        export_format=export_format,
         fails_with=export_limit(export_format, max_pooling=True),
+        second_input_shape=level_shapes(ROUNDED_UP_SQUARE),
     )
 
 

@@ -12,7 +12,9 @@ from tests.backend_utils import value_and_grads
 from tests.backend_utils import weighted_loss
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
-from tests.layer_test_case import run_model_export_test
+from tests.layer_test_case import missing_float16_kernels
+from tests.layer_test_case import run_export_test
+from tests.layer_test_case import run_layer_test
 from tests.layer_test_case import skip_unless_channels_first_convolution_runs
 
 # A 300x333 image through a backbone whose stride-2 layers pad ("same"):
@@ -102,11 +104,25 @@ def numpy_feature_pyramid(
     return {f"P{k}": v for k, v in out.items()}
 
 
+def _sublayers(neck):
+    """Every layer of a neck's network, through its sub-models and their
+    `Recompute` wrappers."""
+    found, pending = [], [neck.network]
+    while pending:
+        layer = pending.pop()
+        if isinstance(layer, Recompute):
+            pending.append(layer.layer)
+        elif isinstance(layer, keras.Model):
+            pending.extend(layer.layers)
+        else:
+            found.append(layer)
+    return found
+
+
 def _weights(layer):
-    network = getattr(layer.network, "layer", layer.network)
     return {
         sublayer.name: [to_numpy(w) for w in sublayer.weights]
-        for sublayer in network.layers
+        for sublayer in _sublayers(layer)
         if isinstance(sublayer, keras.layers.Conv2D)
     }
 
@@ -294,23 +310,78 @@ def test_inputs_must_be_a_dict_of_levels():
 ROUNDED_UP_SQUARE = {"P3": (33, 33), "P4": (17, 17), "P5": (9, 9)}
 
 
+def level_shapes(sizes, batch=2, channels=CHANNELS):
+    """The harness's input shapes: a dict of full level shapes."""
+    return {key: (batch, *size, channels[key]) for key, size in sizes.items()}
+
+
+@pytest.mark.parametrize(
+    "kwargs, trainable, non_trainable",
+    [
+        # 3 laterals and 5 output convolutions (P3-P7), kernel and bias.
+        ({"num_filters": 4}, 16, 0),
+        ({"num_filters": 4, "recompute": True}, 16, 0),
+        # BatchNorm after the 5 3x3 convolutions, which lose their bias:
+        # 3 laterals (6), 5 kernels, 5 gammas and betas (10 trainable,
+        # 10 moving statistics), one fusion weight each at P3 and P4.
+        (
+            {
+                "num_filters": 4,
+                "fusion": "weighted_add",
+                "weight_per_channel": True,
+                "normalization": "softmax",
+                "batch_norm": True,
+            },
+            23,
+            10,
+        ),
+        # A 1x1 projection (kernel, bias) after each of the 2 concats.
+        ({"num_filters": 4, "fusion": "concat", "use_p5": True}, 20, 0),
+    ],
+    ids=["add", "recompute", "weighted_add_batch_norm", "concat_use_p5"],
+)
+def test_layer_checks(kwargs, trainable, non_trainable, tmp_path):
+    run_neck_layer_test(
+        FeaturePyramid, kwargs, trainable, non_trainable, tmp_path
+    )
+
+
+def run_neck_layer_test(neck_cls, kwargs, trainable, non_trainable, tmp_path):
+    """The layer harness on a neck of 4 filters, P3-P7 from the rounded-up
+    levels P3-P5 (batch 2)."""
+    run_layer_test(
+        neck_cls,
+        kwargs,
+        level_shapes(ROUNDED_UP),
+        tmp_path,
+        expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=non_trainable,
+        expected_output_shape={
+            "P3": (2, 38, 42, 4),
+            "P4": (2, 19, 21, 4),
+            "P5": (2, 10, 11, 4),
+            "P6": (2, 5, 6, 4),
+            "P7": (2, 3, 3, 4),
+        },
+        float16_kernels_missing=missing_float16_kernels(4, "channels_last"),
+        atol=1e-5,
+    )
+
+
 @pytest.mark.slow
 @EXPORT_FORMATS
 @pytest.mark.parametrize("fusion", ["add", "weighted_add"])
 def test_export_runs_without_keras_fusion(fusion, export_format, tmp_path):
-    keras.utils.set_random_seed(0)
-    model = _flat_model(FeaturePyramid(num_filters=4, fusion=fusion))
-    run_model_export_test(
-        model,
-        [
-            list(_levels(ROUNDED_UP).values()),
-            list(_levels(ROUNDED_UP_SQUARE, seed=1).values()),
-        ],
+    run_export_test(
+        FeaturePyramid,
+        {"num_filters": 4, "fusion": fusion},
+        level_shapes(ROUNDED_UP),
         tmp_path,
-        export_format,
         # LiteRT and ONNX Runtime convolve in their own order.
         atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
+        export_format=export_format,
         fails_with=export_limit(export_format),
+        second_input_shape=level_shapes(ROUNDED_UP_SQUARE),
     )
 
 

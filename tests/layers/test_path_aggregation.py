@@ -11,17 +11,20 @@ from keras_fusion import Recompute
 from tests.backend_utils import to_numpy
 from tests.layer_test_case import EXPORT_FORMATS
 from tests.layer_test_case import export_limit
-from tests.layer_test_case import run_model_export_test
+from tests.layer_test_case import run_export_test
 from tests.layers.test_feature_pyramid import ROUNDED_DOWN
 from tests.layers.test_feature_pyramid import ROUNDED_UP
 from tests.layers.test_feature_pyramid import ROUNDED_UP_SQUARE
 from tests.layers.test_feature_pyramid import _flat_model
 from tests.layers.test_feature_pyramid import _levels
 from tests.layers.test_feature_pyramid import _mean_of_squares
+from tests.layers.test_feature_pyramid import _sublayers
 from tests.layers.test_feature_pyramid import _weights
 from tests.layers.test_feature_pyramid import assert_trains_as_the_plain_neck
+from tests.layers.test_feature_pyramid import level_shapes
 from tests.layers.test_feature_pyramid import numpy_conv
 from tests.layers.test_feature_pyramid import numpy_feature_pyramid
+from tests.layers.test_feature_pyramid import run_neck_layer_test
 
 
 def numpy_path_aggregation(levels, weights, max_level=7, align="crop"):
@@ -67,8 +70,8 @@ def test_top_down_layers_are_the_feature_pyramids():
     neck(levels)
     pyramid = FeaturePyramid(num_filters=4)
     pyramid(levels)
-    names = {layer.name for layer in neck.network.layers}
-    assert {layer.name for layer in pyramid.network.layers} < names
+    names = {layer.name for layer in _sublayers(neck)}
+    assert {layer.name for layer in _sublayers(pyramid)} < names
     assert isinstance(
         PathAggregation.from_config(neck.get_config()), PathAggregation
     )
@@ -80,7 +83,13 @@ def test_recomputed_neck_trains_as_the_plain_one():
     plain = _flat_model(PathAggregation(**kwargs))
     neck = PathAggregation(recompute=True, **kwargs)
     ours = _flat_model(neck)
-    assert isinstance(neck.network, Recompute)
+    paths = [
+        layer for layer in neck.network.layers if isinstance(layer, Recompute)
+    ]
+    assert [path.name for path in paths] == [
+        "top_down_recompute",
+        "bottom_up_recompute",
+    ]
     assert_trains_as_the_plain_neck(ours, plain, _mean_of_squares)
 
 
@@ -93,21 +102,41 @@ def test_keras_file_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.predict(levels, verbose=0), expected)
 
 
+@pytest.mark.parametrize(
+    "kwargs, trainable, non_trainable",
+    [
+        # The FeaturePyramid's 16, then per level P4-P7 a stride-2 and an
+        # output 3x3 convolution, kernel and bias: 16 more.
+        ({"num_filters": 4}, 32, 0),
+        # Every 3x3 convolution (5 + 8) without bias and with BatchNorm;
+        # a fusion weight at P3, P4 (top-down) and P4-P7 (bottom-up).
+        (
+            {"num_filters": 4, "fusion": "weighted_add", "batch_norm": True},
+            6 + 13 + 26 + 6,
+            26,
+        ),
+        ({"num_filters": 4, "recompute": True}, 32, 0),
+    ],
+    ids=["add", "weighted_add_batch_norm", "recompute"],
+)
+def test_layer_checks(kwargs, trainable, non_trainable, tmp_path):
+    run_neck_layer_test(
+        PathAggregation, kwargs, trainable, non_trainable, tmp_path
+    )
+
+
 @pytest.mark.slow
 @EXPORT_FORMATS
 def test_export_runs_without_keras_fusion(export_format, tmp_path):
-    keras.utils.set_random_seed(0)
-    model = _flat_model(PathAggregation(num_filters=4))
-    run_model_export_test(
-        model,
-        [
-            list(_levels(ROUNDED_UP).values()),
-            list(_levels(ROUNDED_UP_SQUARE, seed=1).values()),
-        ],
+    run_export_test(
+        PathAggregation,
+        {"num_filters": 4},
+        level_shapes(ROUNDED_UP),
         tmp_path,
-        export_format,
         atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
+        export_format=export_format,
         fails_with=export_limit(export_format),
+        second_input_shape=level_shapes(ROUNDED_UP_SQUARE),
     )
 
 
