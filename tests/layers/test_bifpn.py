@@ -223,14 +223,6 @@ def in_float64():
     keras.config.set_dtype_policy(policy)
 
 
-@pytest.mark.xfail(
-    BACKEND == "jax",
-    strict=True,
-    reason="open: under JAX (x64) the recomputed and plain necks agree "
-    "bit for bit at the first step and without an optimizer step, but "
-    "differ by ~2e-7 of the output (float32's rounding) once SGD has "
-    "moved the fusion weights off 1.0; not yet traced",
-)
 def test_each_cell_is_recomputed_and_trains_as_the_plain_neck(
     in_float64, request
 ):
