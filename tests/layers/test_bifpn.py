@@ -12,17 +12,14 @@ from tests.backend_utils import BACKEND
 from tests.backend_utils import run_with_jax_x64
 from tests.backend_utils import to_numpy
 from tests.layer_test_case import EXPORT_FORMATS
-from tests.layer_test_case import export_limit
-from tests.layer_test_case import run_export_test
 from tests.layers.test_feature_pyramid import ROUNDED_DOWN
 from tests.layers.test_feature_pyramid import ROUNDED_UP
-from tests.layers.test_feature_pyramid import ROUNDED_UP_SQUARE
 from tests.layers.test_feature_pyramid import _flat_model
 from tests.layers.test_feature_pyramid import _levels
 from tests.layers.test_feature_pyramid import assert_trains_as_the_plain_neck
-from tests.layers.test_feature_pyramid import level_shapes
 from tests.layers.test_feature_pyramid import numpy_align
 from tests.layers.test_feature_pyramid import numpy_conv
+from tests.layers.test_feature_pyramid import run_neck_export_test
 from tests.layers.test_feature_pyramid import run_neck_layer_test
 from tests.layers.test_weighted_add import numpy_weighted_add
 
@@ -303,15 +300,13 @@ def test_layer_checks(kwargs, trainable, non_trainable, tmp_path):
 def test_export_runs_without_keras_fusion(export_format, tmp_path):
     # One cell: the second is the same operations again, and each cell
     # adds ~25 s to a SavedModel export here.
-    run_export_test(
+    run_neck_export_test(
         BiFPN,
         {"num_filters": 4, "num_repeats": 1},
-        level_shapes(ROUNDED_UP),
+        export_format,
         tmp_path,
         atol=1e-5,
-        export_format=export_format,
-        fails_with=export_limit(export_format, max_pooling=True),
-        second_input_shape=level_shapes(ROUNDED_UP_SQUARE),
+        max_pooling=True,
     )
 
 

@@ -372,15 +372,29 @@ def run_neck_layer_test(neck_cls, kwargs, trainable, non_trainable, tmp_path):
 @EXPORT_FORMATS
 @pytest.mark.parametrize("fusion", ["add", "weighted_add"])
 def test_export_runs_without_keras_fusion(fusion, export_format, tmp_path):
-    run_export_test(
+    run_neck_export_test(
         FeaturePyramid,
         {"num_filters": 4, "fusion": fusion},
-        level_shapes(ROUNDED_UP),
+        export_format,
         tmp_path,
         # LiteRT and ONNX Runtime convolve in their own order.
         atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
+    )
+
+
+def run_neck_export_test(
+    neck_cls, kwargs, export_format, tmp_path, atol, max_pooling=False
+):
+    """The harness's export check on a neck, at the rounded-up levels and
+    at a second, square odd size."""
+    run_export_test(
+        neck_cls,
+        kwargs,
+        level_shapes(ROUNDED_UP),
+        tmp_path,
+        atol=atol,
         export_format=export_format,
-        fails_with=export_limit(export_format),
+        fails_with=export_limit(export_format, max_pooling=max_pooling),
         second_input_shape=level_shapes(ROUNDED_UP_SQUARE),
     )
 

@@ -10,20 +10,17 @@ from keras_fusion import PathAggregation
 from keras_fusion import Recompute
 from tests.backend_utils import to_numpy
 from tests.layer_test_case import EXPORT_FORMATS
-from tests.layer_test_case import export_limit
-from tests.layer_test_case import run_export_test
 from tests.layers.test_feature_pyramid import ROUNDED_DOWN
 from tests.layers.test_feature_pyramid import ROUNDED_UP
-from tests.layers.test_feature_pyramid import ROUNDED_UP_SQUARE
 from tests.layers.test_feature_pyramid import _flat_model
 from tests.layers.test_feature_pyramid import _levels
 from tests.layers.test_feature_pyramid import _mean_of_squares
 from tests.layers.test_feature_pyramid import _sublayers
 from tests.layers.test_feature_pyramid import _weights
 from tests.layers.test_feature_pyramid import assert_trains_as_the_plain_neck
-from tests.layers.test_feature_pyramid import level_shapes
 from tests.layers.test_feature_pyramid import numpy_conv
 from tests.layers.test_feature_pyramid import numpy_feature_pyramid
+from tests.layers.test_feature_pyramid import run_neck_export_test
 from tests.layers.test_feature_pyramid import run_neck_layer_test
 
 
@@ -128,15 +125,12 @@ def test_layer_checks(kwargs, trainable, non_trainable, tmp_path):
 @pytest.mark.slow
 @EXPORT_FORMATS
 def test_export_runs_without_keras_fusion(export_format, tmp_path):
-    run_export_test(
+    run_neck_export_test(
         PathAggregation,
         {"num_filters": 4},
-        level_shapes(ROUNDED_UP),
+        export_format,
         tmp_path,
         atol=1e-6 if export_format == "tf_saved_model" else 1e-5,
-        export_format=export_format,
-        fails_with=export_limit(export_format),
-        second_input_shape=level_shapes(ROUNDED_UP_SQUARE),
     )
 
 
