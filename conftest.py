@@ -63,6 +63,15 @@ def pytest_report_header(config):
 LONG_RUNNING_MODULES = ("tests/test_notebooks.py", "tests/test_demo.py")
 
 
+# The docstring examples of the model builders run under TensorFlow only:
+# they show what a builder makes of its arguments (layers, shapes,
+# parameter counts), the same on every backend, while building their
+# full-size models costs JAX a compilation per new weight shape (two
+# DenseNet-121s took 54 s); tests/models runs every builder on every
+# backend (tests/backend_utils.py, BUILT_THE_SAME_ON_EVERY_BACKEND).
+BUILDER_EXAMPLES = "keras_fusion/models/"
+
+
 def pytest_collection_modifyitems(config, items):
     import keras
 
@@ -71,6 +80,16 @@ def pytest_collection_modifyitems(config, items):
     )
     backend = keras.backend.backend()
     for item in items:
+        if isinstance(item, pytest.DoctestItem) and item.nodeid.startswith(
+            BUILDER_EXAMPLES
+        ):
+            item.add_marker(
+                pytest.mark.backends(
+                    "tensorflow",
+                    reason="a builder's docstring example, built the same "
+                    "on every backend (conftest.py)",
+                )
+            )
         marker = item.get_closest_marker("backends")
         if marker is None or backend in marker.args:
             continue

@@ -211,14 +211,20 @@ def test_committed_notebook_shows_the_seed_outputs(name):
 
 
 # Notebooks that teach TensorFlow artifacts: TensorFlow's allocator peaks
-# (05) and SavedModel export (06); 08, which fine-tunes two U-Nets for
-# minutes, where tests/models/test_decoders.py runs the decoders, their
-# recomputation and freezing under every backend; and 09, which trains five
-# BiFPN detectors, where tests/layers/test_bifpn.py runs the neck under
-# every backend. The others run under every backend.
+# (05, 07) and SavedModel export (06); and those that train for minutes,
+# where the tests named run the same layers, their recomputation and
+# freezing under every backend: 04 (four fusions), 07 (an FC-DenseNet), 08
+# (two U-Nets on pretrained encoders) and 09 (five BiFPN detectors). The
+# others run under every backend.
 TENSORFLOW_NOTEBOOKS = {
+    "04_add_vs_concat.ipynb": "trains four classifiers for a minute; "
+    "tests/layers/test_fusion_selector.py runs the fusions on every "
+    "backend, and CI must stay under 45 minutes",
     "05_memory_efficient_densenet.ipynb": "measures TensorFlow's allocator",
     "06_export.ipynb": "exports and serves a SavedModel",
+    "07_tiramisu.ipynb": "measures TensorFlow's allocator and trains an "
+    "FC-DenseNet for minutes; tests/models/test_fc_densenet.py runs "
+    "FC-DenseNet and its recomputation on every backend",
     "08_pretrained_encoders.ipynb": "fine-tunes two U-Nets for minutes; "
     "tests/models/test_decoders.py runs the decoders on every backend, "
     "and CI must stay under 45 minutes",

@@ -8,8 +8,10 @@
   every kernel.
 - `tensorflow_dense_block.py`: the TensorFlow dense-block kernel (a custom
   gradient; why it is TensorFlow code is said there).
-- `remat_dense_block.py`: the JAX and PyTorch dense-block kernel
-  (`keras.remat`).
+- `jax_dense_block.py`: the JAX dense-block kernel (a `jax.custom_vjp`
+  written so that XLA keeps its memory plan; why is said there).
+- `remat_dense_block.py`: the PyTorch dense-block kernel (`keras.remat`;
+  it runs under JAX too, where the tests compare it with the JAX kernel).
 - `tensorflow_transition.py`, `remat_transition.py`: the same two kinds
   of kernel for the transition (BatchNorm -> ReLU -> 1x1 convolution ->
   average pooling) and the stem (BatchNorm -> ReLU -> max pooling).
@@ -37,6 +39,11 @@ if keras.backend.backend() == "tensorflow":
     from keras_fusion.backend.tensorflow_transition import (
         recomputing_transition,
     )
+elif keras.backend.backend() == "jax":
+    from keras_fusion.backend.jax_dense_block import recomputing_dense_block
+    from keras_fusion.backend.remat_recompute import recomputing_call
+    from keras_fusion.backend.remat_transition import recomputing_stem
+    from keras_fusion.backend.remat_transition import recomputing_transition
 else:
     from keras_fusion.backend.remat_dense_block import recomputing_dense_block
     from keras_fusion.backend.remat_recompute import recomputing_call

@@ -27,6 +27,8 @@ format.
 
 import dataclasses
 
+from keras import ops
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchNormSpec:
@@ -135,3 +137,17 @@ class DenseBlockSpec:
     policy: str
     data_format: str
     return_new_features: bool = False
+
+
+def convolution(x, kernel, data_format):
+    """A dense layer's convolution, as `keras.layers.Conv*D` runs it:
+    'valid' padding for the 1x1 kernel (the Keras layer's default), 'same'
+    for the 3x3 one; stride 1, no bias."""
+    is_1x1 = all(k == 1 for k in kernel.shape[:-2])
+    return ops.conv(
+        x,
+        kernel,
+        strides=1,
+        padding="valid" if is_1x1 else "same",
+        data_format=data_format,
+    )

@@ -1,8 +1,10 @@
-"""Training step of a dense block that recomputes, for JAX and PyTorch.
+"""Training step of a dense block that recomputes, for PyTorch.
 
-TensorFlow has its own kernel (`tensorflow_dense_block.py`); this module is
-`keras.ops` plus `keras.remat`, which is `jax.checkpoint` under JAX and
-`torch.utils.checkpoint` under PyTorch.
+TensorFlow and JAX have kernels of their own (`tensorflow_dense_block.py`,
+`jax_dense_block.py`: under JAX, XLA's CPU compiler undoes what this one
+saves, as that module says); this module is `keras.ops` plus
+`keras.remat`, which is `torch.utils.checkpoint` under PyTorch and
+`jax.checkpoint` under JAX, where the tests run it against the JAX kernel.
 
 `keras.remat` around Keras layers gets a dense block wrong in two ways:
 BatchNorm's moving-statistics update runs inside the rematerialised
@@ -42,6 +44,7 @@ from keras import ops
 
 from keras_fusion._internal.checks import channel_axis
 from keras_fusion.backend import batch_norm_relu
+from keras_fusion.backend.dense_block_spec import convolution
 
 _BOTTLENECK = "keras_fusion_bottleneck"
 
@@ -184,13 +187,4 @@ class _DenseLayerFunction:
         return h, (mean, variance)
 
     def _conv(self, x, kernel):
-        """The op `keras.layers.Conv*D` runs: 'valid' for the 1x1 kernel
-        (the Keras layer's default), 'same' for the 3x3 one."""
-        is_1x1 = all(k == 1 for k in kernel.shape[:-2])
-        return ops.conv(
-            x,
-            kernel,
-            strides=1,
-            padding="valid" if is_1x1 else "same",
-            data_format=self.spec.data_format,
-        )
+        return convolution(x, kernel, self.spec.data_format)

@@ -16,7 +16,6 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_fusion import FusionSelector  # noqa: E402
@@ -24,15 +23,9 @@ from keras_fusion import MemoryEfficientDenseBlock  # noqa: E402
 from keras_fusion import Recompute  # noqa: E402
 from keras_fusion.models import DenseNet  # noqa: E402
 from keras_fusion.models import DenseNetBC  # noqa: E402
-
-GLOBAL_BATCH = 8
-STEPS = 3
-CLASSES = 4
-
-
-def _head(x):
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.layers.Dense(CLASSES, activation="softmax")(x)
+from tests.distribute.training_runs import CLASSES  # noqa: E402
+from tests.distribute.training_runs import fit_and_record  # noqa: E402
+from tests.distribute.training_runs import head  # noqa: E402
 
 
 def _dense_block_model(synchronized, recompute):
@@ -40,7 +33,7 @@ def _dense_block_model(synchronized, recompute):
     x = MemoryEfficientDenseBlock(
         3, 4, recompute=recompute, synchronized=synchronized, name="block"
     )(inputs)
-    return keras.Model(inputs, _head(x))
+    return keras.Model(inputs, head(x))
 
 
 def _fusion_selector_model(synchronized):
@@ -53,7 +46,7 @@ def _fusion_selector_model(synchronized):
         synchronized=synchronized,
         name="fusion",
     )([a, b])
-    return keras.Model(inputs, _head(x))
+    return keras.Model(inputs, head(x))
 
 
 def _recompute_model(synchronized):
@@ -73,7 +66,7 @@ def _recompute_model(synchronized):
     )
     inputs = keras.Input((8, 8, 6))
     x = Recompute(level, name="recompute")(inputs)
-    return keras.Model(inputs, _head(x))
+    return keras.Model(inputs, head(x))
 
 
 MODELS = {
@@ -121,17 +114,6 @@ UNSYNCHRONIZED = (
 )
 
 
-def _data(shape):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((GLOBAL_BATCH * STEPS, *shape)).astype("float32")
-    # The two replicas' halves of each batch have different means, so that
-    # per-replica BatchNorm statistics differ from the global batch's.
-    for start in range(0, len(x), GLOBAL_BATCH):
-        x[start : start + GLOBAL_BATCH // 2] += 1.5
-    y = rng.integers(0, CLASSES, len(x))
-    return x, y
-
-
 def _train(name, synchronized, strategy, initial_weights):
     build, shape = MODELS[name]
     with strategy.scope():
@@ -147,34 +129,7 @@ def _train(name, synchronized, strategy, initial_weights):
             optimizer=keras.optimizers.SGD(0.001),
             loss="sparse_categorical_crossentropy",
         )
-    x, y = _data(shape)
-    running_means = []
-    record = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: running_means.append(
-            float(logs["loss"])
-        )
-    )
-    model.fit(
-        x,
-        y,
-        batch_size=GLOBAL_BATCH,
-        shuffle=False,
-        callbacks=[record],
-        verbose=0,
-    )
-    # The logs hold the epoch's running mean; step k's own loss is
-    # k * mean_k - (k - 1) * mean_(k-1).
-    losses = [
-        (k + 1) * mean - k * (running_means[k - 1] if k else 0.0)
-        for k, mean in enumerate(running_means)
-    ]
-    moving = {
-        v.path: np.asarray(v).tolist()
-        for v in model.non_trainable_variables
-        if "moving" in v.path
-    }
-    weights = [np.asarray(w).tolist() for w in model.get_weights()]
-    return {"losses": losses, "moving": moving, "weights": weights}
+    return fit_and_record(model, shape)
 
 
 def main():

@@ -16,15 +16,12 @@ half-batch statistics: the losses then differ by 10% or more and the
 moving variances by 0.017 or more.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from tests.backend_utils import tensorflow_only
+from tests.distribute.training_runs import moving_statistics
+from tests.distribute.training_runs import run_worker_module
 
 pytestmark = [tensorflow_only("tf.distribute"), pytest.mark.slow]
 
@@ -36,26 +33,11 @@ MODELS = [
     "densenet",
     "densenet_bc",
 ]
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
 @pytest.fixture(scope="module")
 def runs():
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.distribute.mirrored_worker"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    return json.loads(result.stdout.splitlines()[-1])
-
-
-def _moving(run):
-    return {path: np.array(value) for path, value in run["moving"].items()}
+    return run_worker_module("tests.distribute.mirrored_worker", "tensorflow")
 
 
 def test_two_replicas_run(runs):
@@ -74,8 +56,8 @@ def test_losses_and_weights_match_one_device(runs, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_synchronized_moving_statistics_are_the_global_batchs(runs, model):
-    two = _moving(runs[f"{model}/2/True"])
-    one = _moving(runs[f"{model}/1"])
+    two = moving_statistics(runs[f"{model}/2/True"])
+    one = moving_statistics(runs[f"{model}/1"])
     assert two.keys() == one.keys() and len(one) >= 2
     for path, value in one.items():
         np.testing.assert_allclose(
@@ -91,8 +73,8 @@ def test_unsynchronized_replicas_use_their_own_statistics(runs, model):
     one = runs[f"{model}/1"]
     assert not np.allclose(local["losses"], one["losses"], rtol=1e-2)
     variances = [
-        np.max(np.abs(value - _moving(one)[path]))
-        for path, value in _moving(local).items()
+        np.max(np.abs(value - moving_statistics(one)[path]))
+        for path, value in moving_statistics(local).items()
         if path.endswith("moving_variance")
     ]
     assert max(variances) > 1e-3
