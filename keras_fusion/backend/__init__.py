@@ -39,16 +39,17 @@ if keras.backend.backend() == "tensorflow":
     from keras_fusion.backend.tensorflow_transition import (
         recomputing_transition,
     )
-elif keras.backend.backend() == "jax":
-    from keras_fusion.backend.jax_dense_block import recomputing_dense_block
-    from keras_fusion.backend.remat_recompute import recomputing_call
-    from keras_fusion.backend.remat_transition import recomputing_stem
-    from keras_fusion.backend.remat_transition import recomputing_transition
 else:
-    from keras_fusion.backend.remat_dense_block import recomputing_dense_block
     from keras_fusion.backend.remat_recompute import recomputing_call
     from keras_fusion.backend.remat_transition import recomputing_stem
     from keras_fusion.backend.remat_transition import recomputing_transition
+
+    if keras.backend.backend() == "jax":
+        from keras_fusion.backend.jax_dense_block import recomputing_dense_block
+    else:
+        from keras_fusion.backend.remat_dense_block import (
+            recomputing_dense_block,
+        )
 
 __all__ = [
     "recomputing_call",
